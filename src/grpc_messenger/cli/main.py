@@ -1,0 +1,308 @@
+"""The `messenger` command: a thin shell over the client library and the replica server.
+
+Every failure is one clear line on stderr and a non-zero exit status
+(2: bad input, 1: anything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from grpc_messenger._version import __version__
+from grpc_messenger.cli import cluster as local_cluster
+from grpc_messenger.cli import render
+from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
+from grpc_messenger.client.inbox import LocalInbox, default_data_dir
+from grpc_messenger.client.sync import Messenger
+from grpc_messenger.config import ClientConfig, ServerConfig
+from grpc_messenger.errors import InvalidInput, MessengerError
+from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    """Options shared by the client commands."""
+
+    servers: str | None
+    file: FileSettings
+    timeout_s: float | None
+    home: Path | None
+
+    def client_config(self, *, write_quorum: int | None = None) -> ClientConfig:
+        servers = resolve_servers(self.servers, self.file)
+        return ClientConfig(
+            servers=servers,
+            write_quorum=write_quorum or self.file.write_quorum or 1,
+            timeout_s=self.timeout_s or self.file.timeout_s or 5.0,
+            data_dir=self.home or self.file.home or default_data_dir(),
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="messenger")
+@click.option(
+    "--servers",
+    envvar="MESSENGER_SERVERS",
+    metavar="HOST:PORT,...",
+    help="Replica addresses [env MESSENGER_SERVERS; default: the local cluster, 127.0.0.1:50051-50053].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
+)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01, max=300), help="Per-call deadline, seconds.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="MESSENGER_HOME",
+    help="Where the local inbox lives [env MESSENGER_HOME; default ~/.local/share/grpc-messenger].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level (logs go to stderr as key=value events).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    servers: str | None,
+    config_path: Path | None,
+    timeout_s: float | None,
+    home: Path | None,
+    log_level: str,
+) -> None:
+    """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("grpc").setLevel(logging.ERROR)
+    file = load_file(config_path or default_config_path(), required=config_path is not None)
+    ctx.obj = Globals(servers=servers, file=file, timeout_s=timeout_s, home=home)
+    ctx.meta["log_level"] = log_level
+
+
+# --- servers ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    envvar="MESSENGER_LISTEN",
+    help="Address to listen on; repeat for several [default 127.0.0.1:50051].",
+)
+@click.option("--ip", help="Original form: host to listen on (with --port).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Original form: port to listen on (with --ip).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("messenger-data/replica-1"),
+    show_default=True,
+    envvar="MESSENGER_DATA_DIR",
+    help="Where the SQLite store lives.",
+)
+@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1, 1024 * 1024),
+    default=MAX_BODY_BYTES_DEFAULT,
+    show_default=True,
+    help="Largest message body accepted.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds in-flight calls get to finish on SIGTERM.",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
+def serve(
+    listen: tuple[str, ...],
+    ip: str | None,
+    port: int | None,
+    data_dir: Path,
+    store: str,
+    max_body_bytes: int,
+    grace_s: float,
+    ready_file: Path | None,
+) -> None:
+    """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
+    from grpc_messenger.server.replica import run_replica
+
+    addresses = list(listen)
+    if ip is not None or port is not None:
+        host = ip or "[::]"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        addresses.append(f"{host}:{50051 if port is None else port}")
+    config = ServerConfig(
+        listen=tuple(addresses) or ("127.0.0.1:50051",),
+        data_dir=data_dir,
+        store=store,
+        max_body_bytes=max_body_bytes,
+        grace_s=grace_s,
+        ready_file=ready_file,
+    )
+    asyncio.run(run_replica(config))
+
+
+@cli.command()
+@click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("messenger-data"),
+    show_default=True,
+    help="One sub-directory per replica.",
+)
+@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.pass_context
+def cluster(ctx: click.Context, replicas: int, host: str, base_port: int, data_dir: Path, store: str) -> None:
+    """Start a local cluster of N replicas; Ctrl-C stops them all cleanly."""
+    specs = local_cluster.plan(replicas=replicas, host=host, base_port=base_port, data_dir=data_dir)
+    running = local_cluster.start(specs, store=store, log_level=ctx.meta["log_level"])
+    servers = ",".join(spec.listen for spec in specs)
+    out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir})")
+    for replica in running:
+        info = local_cluster.ready_info(replica)
+        out.print(f"  {replica.spec.name}  {replica.spec.listen}  pid {replica.process.pid}  id {info['replica_id']}")
+    out.print(f"clients: export MESSENGER_SERVERS={servers}   (this is also the default)")
+    out.print("Ctrl-C stops every replica.")
+
+    def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
+        restart = " ".join(["messenger", *replica.spec.serve_args(store=store)])
+        err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
+
+    try:
+        local_cluster.supervise(running, on_exit=on_exit)
+    finally:
+        codes = local_cluster.stop(running)
+        out.print("stopped: " + ", ".join(f"{name} (code {code})" for name, code in codes.items()))
+
+
+# --- clients --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--from", "sender", required=True, metavar="ADDRESS", help="Your address.")
+@click.option("--to", "recipient", required=True, metavar="ADDRESS", help="The recipient's address.")
+@click.option("--quorum", "-w", type=click.IntRange(1, 9), help="Replicas that must store it before success [1].")
+@click.option("--key", help="Message key, to retry a send safely (default: a new UUIDv7).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.argument("text", required=False)
+@click.pass_obj
+def send(
+    g: Globals, sender: str, recipient: str, quorum: int | None, key: str | None, as_json: bool, text: str | None
+) -> None:
+    """Send TEXT (or standard input, if TEXT is missing or "-") from one address to another."""
+    if text is None or text == "-":
+        if sys.stdin.isatty():
+            err.print("[dim]reading the message from standard input; end it with Ctrl-D[/]")
+        text = sys.stdin.read()
+        text = text.removesuffix("\n")
+    with Messenger(g.client_config(write_quorum=quorum)) as messenger:
+        report = messenger.send(sender=sender, recipient=recipient, body=text, key=key, settle=True)
+    if as_json:
+        click.echo(render.to_json(render.send_report_dict(report)))
+    else:
+        render.print_send_report(out, report)
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--all", "show_all", is_flag=True, help="Show the local history instead of fetching new mail.")
+@click.option("--peek", is_flag=True, help="Show what the replicas hold without storing or acking it.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="With --all: how many of the latest messages.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_json: bool) -> None:
+    """Fetch new mail for ADDRESS from every replica, keep it locally, print it once."""
+    validate_address(address, what="mailbox address")
+    if show_all and peek:
+        raise InvalidInput("--all and --peek exclude each other")
+    config = g.client_config()
+    if show_all:
+        assert config.data_dir is not None
+        local = LocalInbox.in_dir(config.data_dir)
+        try:
+            history = local.history(address, limit=limit)
+        finally:
+            local.close()
+        if as_json:
+            click.echo(render.to_json({"messages": [render.message_dict(m) for m in history]}))
+        else:
+            render.print_messages(out, history, empty=f"no messages for {address} in the local inbox")
+        return
+    with Messenger(config) as messenger:
+        report = messenger.fetch(address) if peek else messenger.receive(address)
+    if as_json:
+        click.echo(render.to_json(render.read_report_dict(report)))
+        return
+    render.print_read_warnings(err, report)
+    render.print_messages(out, report.messages, empty=f"no new messages for {address}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(g: Globals, as_json: bool) -> None:
+    """Show each replica: reachable, healthy, how many messages, how fast. Exit 1 if none answers."""
+    with Messenger(g.client_config()) as messenger:
+        statuses = messenger.status()
+    if as_json:
+        click.echo(render.to_json(render.status_dict(statuses)))
+    else:
+        render.print_status(out, statuses)
+    if not any(s.reachable for s in statuses):
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turn our errors into one line and an exit status."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except InvalidInput as exc:
+        err.print(f"[red]error[/]: {exc}")
+        sys.exit(2)
+    except MessengerError as exc:
+        err.print(f"[red]error[/]: {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

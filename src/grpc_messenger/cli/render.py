@@ -1,0 +1,119 @@
+"""How CLI results look: rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from grpc_messenger.model import Message, ReadReport, ReplicaState, ReplicaStatus, SendReport
+
+_STATE_STYLE = {
+    ReplicaState.STORED: "green",
+    ReplicaState.ALREADY_STORED: "green",
+    ReplicaState.PENDING: "yellow",
+}
+
+
+def to_json(value: Any) -> str:
+    """One JSON document, stable key order."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """A message as plain JSON values."""
+    return {
+        "key": message.key,
+        "from": message.sender,
+        "to": message.recipient,
+        "body": message.body,
+        "created_unix_ms": message.created_unix_ms,
+        "legacy_id": message.legacy_id,
+    }
+
+
+def send_report_dict(report: SendReport) -> dict[str, Any]:
+    """A send report as plain JSON values."""
+    return {
+        "key": report.key,
+        "ok": report.ok,
+        "acknowledged": report.acknowledged,
+        "write_quorum": report.write_quorum,
+        "replicas": [{"replica": r.replica, "state": r.state.value, "error": r.error} for r in report.replicas],
+    }
+
+
+def print_send_report(console: Console, report: SendReport) -> None:
+    """A line per replica and a verdict."""
+    table = Table(title=f"message {report.key}", title_justify="left")
+    table.add_column("replica")
+    table.add_column("outcome")
+    table.add_column("detail", overflow="fold")
+    for r in report.replicas:
+        style = _STATE_STYLE.get(r.state, "red")
+        table.add_row(r.replica, f"[{style}]{r.state.value}[/]", escape(r.error))
+    console.print(table)
+    console.print(
+        f"[green]sent[/]: stored on {report.acknowledged} of {len(report.replicas)} replicas "
+        f"(needed {report.write_quorum})"
+    )
+
+
+def _when(message: Message) -> str:
+    return datetime.fromtimestamp(message.created_unix_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_messages(console: Console, messages: list[Message] | tuple[Message, ...], *, empty: str) -> None:
+    """Messages, oldest first, one block each."""
+    if not messages:
+        console.print(f"[dim]{empty}[/]")
+        return
+    for m in messages:
+        console.print(f"[dim]{_when(m)}[/] [bold]{escape(m.sender)}[/]: {escape(m.body)}")
+
+
+def print_read_warnings(console: Console, report: ReadReport) -> None:
+    """Replicas that did not answer (the read went on without them)."""
+    for address, error in report.replicas_failed:
+        console.print(f"[yellow]warning[/]: {address} did not answer ({escape(error)})")
+
+
+def read_report_dict(report: ReadReport) -> dict[str, Any]:
+    """A read report as plain JSON values."""
+    return {
+        "messages": [message_dict(m) for m in report.messages],
+        "replicas_answered": list(report.replicas_answered),
+        "replicas_failed": [{"replica": a, "error": e} for a, e in report.replicas_failed],
+    }
+
+
+def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
+    """A row per replica."""
+    table = Table()
+    for column in ("replica", "reachable", "health", "id", "store", "messages", "mailboxes", "latency"):
+        table.add_column(column, justify="right" if column in ("messages", "mailboxes", "latency") else "left")
+    for s in statuses:
+        if not s.reachable:
+            table.add_row(s.address, "[red]no[/]", "-", "-", "-", "-", "-", escape(s.error))
+            continue
+        table.add_row(
+            s.address,
+            "[green]yes[/]",
+            "[green]serving[/]" if s.serving else "[red]not serving[/]",
+            s.replica_id,
+            s.store,
+            str(s.messages),
+            str(s.mailboxes),
+            f"{s.latency_ms:.1f} ms",
+        )
+    console.print(table)
+
+
+def status_dict(statuses: list[ReplicaStatus]) -> list[dict[str, Any]]:
+    """Statuses as plain JSON values."""
+    return [asdict(s) for s in statuses]

@@ -1,0 +1,74 @@
+"""Where CLI settings come from: flag, then environment, then config file, then default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpc_messenger.config import DEFAULT_SERVERS, servers_from_text
+from grpc_messenger.errors import InvalidInput
+
+
+def default_config_path() -> Path:
+    """$MESSENGER_CONFIG, else $XDG_CONFIG_HOME/grpc-messenger/config.toml."""
+    if explicit := os.environ.get("MESSENGER_CONFIG"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "grpc-messenger" / "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSettings:
+    """The keys a config file may set (all optional)."""
+
+    servers: tuple[str, ...] | None = None
+    write_quorum: int | None = None
+    timeout_s: float | None = None
+    home: Path | None = None
+
+
+def load_file(path: Path, *, required: bool) -> FileSettings:
+    """Read a TOML config file; a missing optional file means no settings."""
+    if not path.exists():
+        if required:
+            raise InvalidInput(f"config file {path} does not exist")
+        return FileSettings()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInput(f"config file {path}: {exc}") from exc
+    unknown = set(data) - {"servers", "write_quorum", "timeout_s", "home"}
+    if unknown:
+        raise InvalidInput(f"config file {path}: unknown keys {', '.join(sorted(unknown))}")
+    servers = data.get("servers")
+    if isinstance(servers, str):
+        servers = list(servers_from_text(servers))
+    if servers is not None and not (isinstance(servers, list) and all(isinstance(s, str) for s in servers)):
+        raise InvalidInput(f"config file {path}: servers must be a list of host:port strings")
+    quorum = data.get("write_quorum")
+    if quorum is not None and not isinstance(quorum, int):
+        raise InvalidInput(f"config file {path}: write_quorum must be an integer")
+    timeout = data.get("timeout_s")
+    if timeout is not None and not isinstance(timeout, int | float):
+        raise InvalidInput(f"config file {path}: timeout_s must be a number")
+    home = data.get("home")
+    if home is not None and not isinstance(home, str):
+        raise InvalidInput(f"config file {path}: home must be a path")
+    return FileSettings(
+        servers=tuple(servers) if servers is not None else None,
+        write_quorum=quorum,
+        timeout_s=float(timeout) if timeout is not None else None,
+        home=Path(home).expanduser() if home else None,
+    )
+
+
+def resolve_servers(flag: str | None, file: FileSettings) -> tuple[str, ...]:
+    """--servers / MESSENGER_SERVERS (click merges those), then the file, then the local cluster."""
+    if flag:
+        return servers_from_text(flag)
+    if file.servers:
+        return file.servers
+    return DEFAULT_SERVERS

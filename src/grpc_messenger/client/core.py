@@ -1,0 +1,353 @@
+"""The asyncio client: fan-out with a write quorum, merged reads, exactly-once delivery.
+
+`AsyncMessenger` keeps one long-lived channel per replica. A send goes to every
+replica at once (through a per-replica Batcher) and returns as soon as W of
+them acknowledged; the rest keep going in the background and show up in the
+report as pending. A read drains every reachable replica page by page into
+the local inbox (stored before acked), then hands out what was never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_messenger import wire
+from grpc_messenger.client.batcher import Batcher, SendBatchCall
+from grpc_messenger.client.inbox import LocalInbox, default_data_dir
+from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
+from grpc_messenger.errors import InvalidInput, KeyConflict, QuorumNotReached, Unavailable, from_rpc_error
+from grpc_messenger.model import (
+    Draft,
+    Message,
+    ReadReport,
+    ReplicaOutcome,
+    ReplicaState,
+    ReplicaStatus,
+    SendReport,
+    build_message,
+    new_key,
+    validate_address,
+)
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# A read stops after this many pages per replica per call (1000 x 1000 messages);
+# what is left is read by the next call. Every loop has a bound.
+PAGES_PER_READ_MAX = 1000
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+    # a replica that comes back is used again within about a second
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+@dataclass(slots=True)
+class _Link:
+    """Everything the client holds for one replica."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: pb_grpc.MessengerServiceAsyncStub
+    health: health_pb2_grpc.HealthStub
+    batcher: Batcher
+
+
+class AsyncMessenger:
+    """The asyncio client of a replica group. Use as `async with AsyncMessenger(...) as m:`."""
+
+    def __init__(self, config: ClientConfig | None = None, *, inbox: LocalInbox | None = None) -> None:
+        self.config = config or ClientConfig()
+        self._inbox = inbox
+        self._links: list[_Link] = []
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncMessenger:
+        self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def connect(self) -> None:
+        """Open one channel per replica (lazily connected; never blocks)."""
+        if self._links:
+            return
+        for address in self.config.servers:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            stub = pb_grpc.MessengerServiceStub(channel)
+            batcher = Batcher(
+                replica=address,
+                call=self._batch_call(stub),
+                linger_s=self.config.linger_s,
+                batch_messages_max=self.config.batch_messages_max,
+            )
+            self._links.append(_Link(address, channel, stub, health_pb2_grpc.HealthStub(channel), batcher))
+
+    def _batch_call(self, stub: pb_grpc.MessengerServiceAsyncStub) -> SendBatchCall:
+        async def call(request: pb.SendBatchRequest) -> pb.SendBatchResponse:
+            return await stub.SendBatch(request, **self._call_options())
+
+        return call
+
+    def _call_options(self) -> dict[str, Any]:
+        return {"timeout": self.config.timeout_s, "metadata": self.config.metadata or None}
+
+    @property
+    def inbox(self) -> LocalInbox:
+        """The local inbox (opened on first use under the data directory)."""
+        if self._inbox is None:
+            self._inbox = LocalInbox.in_dir(self.config.data_dir or default_data_dir())
+        return self._inbox
+
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Finish sends in flight (bounded by their deadlines), then close channels and inbox."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(link.batcher.close() for link in self._links)),
+                timeout=grace_s if grace_s is not None else self.config.timeout_s + 1,
+            )
+        except TimeoutError:
+            for link in self._links:
+                link.batcher.cancel()
+        await asyncio.gather(*(link.channel.close() for link in self._links))
+        if self._inbox is not None:
+            self._inbox.close()
+
+    # --- writes -------------------------------------------------------------
+
+    def _draft_to_message(self, draft: Draft, *, key: str | None = None) -> Message:
+        now_ms = int(time.time() * 1000)
+        return build_message(
+            sender=draft.sender,
+            recipient=draft.recipient,
+            body=draft.body,
+            key=key or new_key(now_ms=now_ms),
+            created_unix_ms=now_ms,
+        )
+
+    async def send(
+        self, *, sender: str, recipient: str, body: str, key: str | None = None, settle: bool = False
+    ) -> SendReport:
+        """Send one message to every replica; return once W acknowledged.
+
+        With `settle=True`, wait for every replica's answer (bounded by the
+        deadline) so the report has no pending entries; success still needs W.
+
+        Raises InvalidInput before any network traffic if the message is bad,
+        KeyConflict if `key` is already used for other content, and
+        QuorumNotReached (its `.report` says what each replica did) if fewer
+        than W replicas stored it. Retrying with the same `key` is always safe.
+        """
+        message = self._draft_to_message(Draft(sender, recipient, body), key=key)
+        report = await self._deliver(message, settle=settle)
+        _raise_for(report)
+        return report
+
+    async def send_many(self, drafts: Iterable[Draft]) -> list[SendReport]:
+        """Send many messages in batches; one report each, in order. Never raises for quorum.
+
+        Check each report's `.ok`; invalid drafts raise InvalidInput before anything is sent.
+        """
+        messages = [self._draft_to_message(d) for d in drafts]
+        reports: list[SendReport] = []
+        chunk = self.config.batch_messages_max * 4  # bounds tasks and futures in flight
+        for start in range(0, len(messages), chunk):
+            part = messages[start : start + chunk]
+            reports.extend(await asyncio.gather(*(self._deliver(m) for m in part)))
+        return reports
+
+    async def _deliver(self, message: Message, *, settle: bool = False) -> SendReport:
+        self._require_open()
+        futures = [link.batcher.submit(message) for link in self._links]
+        quorum = self.config.write_quorum
+        wait_for = len(futures) if settle else quorum
+        acknowledged = 0
+        pending: set[asyncio.Future[ReplicaOutcome]] = set(futures)
+        while pending and acknowledged < wait_for:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            acknowledged += sum(1 for f in done if f.result().state.acknowledged)
+        outcomes = tuple(
+            f.result() if f.done() else ReplicaOutcome(link.address, ReplicaState.PENDING)
+            for f, link in zip(futures, self._links, strict=True)
+        )
+        report = SendReport(key=message.key, write_quorum=quorum, replicas=outcomes)
+        log.debug("event=send.reported key=%s acked=%d", message.key, report.acknowledged)
+        return report
+
+    # --- reads --------------------------------------------------------------
+
+    async def receive(self, address: str) -> ReadReport:
+        """Deliver new mail for `address`: every message exactly once, in display order.
+
+        Drains every reachable replica into the local inbox (durably, before
+        acking), acks on each replica, and returns what was never shown before.
+        Raises Unavailable only if no replica answered at all.
+        """
+        validate_address(address, what="mailbox address")
+        self._require_open()
+        results = await asyncio.gather(*(self._drain(link, address) for link in self._links))
+        answered = tuple(link.address for link, (_, err) in zip(self._links, results, strict=True) if err is None)
+        failed = tuple(
+            (link.address, err) for link, (_, err) in zip(self._links, results, strict=True) if err is not None
+        )
+        pages_read = sum(n for n, _ in results)
+        if not answered and not pages_read:
+            raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+        fresh = await asyncio.to_thread(self.inbox.take_unshown, address)
+        return ReadReport(messages=tuple(fresh), replicas_answered=answered, replicas_failed=failed)
+
+    async def _drain(self, link: _Link, address: str) -> tuple[int, str | None]:
+        """Move one replica's queue into the inbox; (pages read, error or None)."""
+        after_seq = 0
+        pages = 0
+        try:
+            for _ in range(PAGES_PER_READ_MAX):
+                page = await link.stub.Fetch(
+                    pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
+                    **self._call_options(),
+                )
+                pages += 1
+                messages = [wire.stored_message_from_pb(m) for m in page.messages if m.dest_email == address]
+                if messages:
+                    await asyncio.to_thread(self.inbox.store_new, address, messages)
+                    # only now, with the copy on our disk, may the replica delete its own
+                    await link.stub.Ack(
+                        pb.AckRequest(self_email=address, keys=[m.key for m in messages]), **self._call_options()
+                    )
+                if not page.more:
+                    break
+                after_seq = page.next_after_seq
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            log.info("event=read.replica_failed replica=%s code=%s", link.address, error.code.name)
+            return pages, f"{error.code.name}: {error}"
+        return pages, None
+
+    async def fetch(self, address: str) -> ReadReport:
+        """Peek: every queued message of `address` on any replica, merged, nothing acked or stored."""
+        validate_address(address, what="mailbox address")
+        self._require_open()
+        results = await asyncio.gather(*(self._peek(link, address) for link in self._links))
+        merged = merge_unique(messages for messages, _ in results)
+        failed = tuple(
+            (link.address, err) for link, (_, err) in zip(self._links, results, strict=True) if err is not None
+        )
+        answered = tuple(link.address for link, (_, err) in zip(self._links, results, strict=True) if err is None)
+        if not answered:
+            raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+        return ReadReport(messages=tuple(merged), replicas_answered=answered, replicas_failed=failed)
+
+    async def _peek(self, link: _Link, address: str) -> tuple[list[Message], str | None]:
+        after_seq = 0
+        found: list[Message] = []
+        try:
+            for _ in range(PAGES_PER_READ_MAX):
+                page = await link.stub.Fetch(
+                    pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
+                    **self._call_options(),
+                )
+                found.extend(wire.stored_message_from_pb(m) for m in page.messages)
+                if not page.more:
+                    break
+                after_seq = page.next_after_seq
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            return found, f"{error.code.name}: {error}"
+        return found, None
+
+    async def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
+        """Delete `keys` from `address` on every replica; per replica None or the error."""
+        validate_address(address, what="mailbox address")
+        self._require_open()
+
+        async def one(link: _Link) -> str | None:
+            try:
+                await link.stub.Ack(pb.AckRequest(self_email=address, keys=list(keys)), **self._call_options())
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                return f"{error.code.name}: {error}"
+            return None
+
+        errors = await asyncio.gather(*(one(link) for link in self._links))
+        return {link.address: err for link, err in zip(self._links, errors, strict=True)}
+
+    # --- status -------------------------------------------------------------
+
+    async def status(self) -> list[ReplicaStatus]:
+        """Reachability, health, counts and round-trip latency of every replica."""
+        self._require_open()
+        return list(await asyncio.gather(*(self._status_of(link) for link in self._links)))
+
+    async def _status_of(self, link: _Link) -> ReplicaStatus:
+        started = time.perf_counter()
+        try:
+            info = await link.stub.Info(pb.InfoRequest(), **self._call_options())
+            latency_ms = (time.perf_counter() - started) * 1000
+            health = await link.health.Check(health_pb2.HealthCheckRequest(service=""), **self._call_options())
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            return ReplicaStatus(address=link.address, reachable=False, error=f"{error.code.name}: {error}")
+        return ReplicaStatus(
+            address=link.address,
+            reachable=True,
+            serving=health.status == health_pb2.HealthCheckResponse.SERVING,
+            replica_id=info.replica_id,
+            version=info.version,
+            store=info.store,
+            messages=info.messages,
+            mailboxes=info.mailboxes,
+            tombstones=info.tombstones,
+            latency_ms=latency_ms,
+        )
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this messenger is closed")
+        self.connect()
+
+
+def merge_unique(batches: Iterable[Iterable[Message]]) -> list[Message]:
+    """Merge messages from several replicas, one per key, in display order. O(n log n) for the sort, O(n) merge."""
+    by_key: dict[str, Message] = {}
+    for batch in batches:
+        for message in batch:
+            seen = by_key.get(message.key)
+            # legacy copies may carry different replica-stamped times: keep the earliest
+            if seen is None or message.created_unix_ms < seen.created_unix_ms:
+                by_key[message.key] = message
+    return sorted(by_key.values(), key=Message.sort_key)
+
+
+def _raise_for(report: SendReport) -> None:
+    if report.ok:
+        return
+    states = [r.state for r in report.replicas]
+    if ReplicaState.CONFLICT in states:
+        raise KeyConflict(f"key {report.key} is already stored with different content")
+    rejected = [r for r in report.replicas if r.state is ReplicaState.REJECTED]
+    if rejected and len(rejected) == len(report.replicas):
+        raise InvalidInput(rejected[0].error)
+    detail = "; ".join(f"{r.replica}: {r.state.value} {r.error}".strip() for r in report.replicas)
+    raise QuorumNotReached(
+        f"stored on {report.acknowledged} of {len(report.replicas)} replicas, needed {report.write_quorum}: {detail}",
+        report,
+    )

@@ -1,0 +1,132 @@
+"""The reader's durable local inbox: what was delivered, stored before it is acked.
+
+A message is shown to its reader when its key first enters the inbox; a key
+already there is never shown again, however many replicas (or later reads)
+return it. That is what makes delivery exactly-once on the reader's side.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpc_messenger.model import Message
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    owner TEXT NOT NULL,
+    msg_key TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    legacy_id INTEGER NOT NULL,
+    received_unix_ms INTEGER NOT NULL,
+    shown INTEGER NOT NULL DEFAULT 0,  -- handed to the reader by receive()
+    PRIMARY KEY (owner, msg_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox (owner, created_unix_ms, sender, msg_key);
+CREATE INDEX IF NOT EXISTS inbox_unshown ON inbox (owner, shown, created_unix_ms, sender, msg_key);
+"""
+INBOX_FILE = "inbox.sqlite3"
+
+
+def default_data_dir() -> Path:
+    """$MESSENGER_HOME, else $XDG_DATA_HOME/grpc-messenger, else ~/.local/share/grpc-messenger."""
+    if home := os.environ.get("MESSENGER_HOME"):
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "grpc-messenger"
+
+
+class LocalInbox:
+    """Delivered messages in one SQLite file, shared safely by threads of one process."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
+        self._conn.executescript(_SCHEMA)
+
+    @classmethod
+    def in_dir(cls, data_dir: Path) -> LocalInbox:
+        """The inbox file inside a data directory."""
+        return cls(data_dir / INBOX_FILE)
+
+    def store_new(self, owner: str, messages: Sequence[Message]) -> list[Message]:
+        """Durably store the messages not yet in the inbox (as not shown); return exactly those.
+
+        One transaction per call, so a page costs one fsync.
+        """
+        now_ms = int(time.time() * 1000)
+        fresh: list[Message] = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for m in messages:
+                    cursor = self._conn.execute(
+                        "INSERT OR IGNORE INTO inbox (owner, msg_key, sender, body, created_unix_ms,"
+                        " legacy_id, received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms),
+                    )
+                    if cursor.rowcount == 1:
+                        fresh.append(m)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return fresh
+
+    def take_unshown(self, owner: str) -> list[Message]:
+        """Every stored message of `owner` not yet shown, in display order; mark them shown.
+
+        Includes messages stored by an earlier read that died before showing them.
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute(
+                    "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
+                    " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key",
+                    (owner,),
+                ).fetchall()
+                self._conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return [_message(owner, row) for row in rows]
+
+    def history(self, owner: str, *, limit: int = 1000) -> list[Message]:
+        """The most recent `limit` delivered messages of `owner`, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox WHERE owner = ?"
+                " ORDER BY created_unix_ms DESC, sender DESC, msg_key DESC LIMIT ?",
+                (owner, limit),
+            ).fetchall()
+        return [_message(owner, row) for row in reversed(rows)]
+
+    def count(self, owner: str) -> int:
+        """How many messages `owner` has received in all."""
+        with self._lock:
+            (n,) = self._conn.execute("SELECT count(*) FROM inbox WHERE owner = ?", (owner,)).fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._conn.close()
+
+
+def _message(owner: str, row: tuple[str, str, str, int, int]) -> Message:
+    key, sender, body, created_unix_ms, legacy_id = row
+    return Message(
+        key=key, sender=sender, recipient=owner, body=body, created_unix_ms=created_unix_ms, legacy_id=legacy_id
+    )

@@ -1,0 +1,96 @@
+"""Typed configuration: built once at start-up, frozen, passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpc_messenger.errors import InvalidInput
+from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT
+
+DEFAULT_PORTS = (50051, 50052, 50053)
+DEFAULT_SERVERS = tuple(f"127.0.0.1:{port}" for port in DEFAULT_PORTS)
+# One gRPC frame may carry a whole batch or page; both are bounded well below this.
+GRPC_MESSAGE_BYTES_MAX = 16 * 1024 * 1024
+PAGE_BYTES_MAX = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything one replica needs to run."""
+
+    listen: tuple[str, ...] = ("127.0.0.1:50051",)
+    data_dir: Path = Path("messenger-data/replica-1")
+    store: str = "sqlite"
+    max_body_bytes: int = MAX_BODY_BYTES_DEFAULT
+    batch_messages_max: int = 1000
+    fetch_limit_default: int = 500
+    ack_keys_max: int = 10_000
+    receive_all_max: int = 10_000
+    grace_s: float = 10.0
+    ready_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise InvalidInput("at least one --listen address is needed")
+        for address in self.listen:
+            parse_listen(address)
+        if self.store not in ("sqlite", "memory"):
+            raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
+        if not 1 <= self.max_body_bytes <= 1024 * 1024:
+            raise InvalidInput("max body size must be between 1 byte and 1 MiB")
+        if self.grace_s < 0:
+            raise InvalidInput("grace period must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything the client library needs: replicas, quorum, deadlines, batching."""
+
+    servers: tuple[str, ...] = DEFAULT_SERVERS
+    write_quorum: int = 1
+    timeout_s: float = 5.0
+    linger_s: float = 0.001
+    batch_messages_max: int = 500
+    page_size: int = 500
+    data_dir: Path | None = None
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise InvalidInput("no replica addresses given")
+        if len(set(self.servers)) != len(self.servers):
+            raise InvalidInput("replica addresses must be distinct")
+        for address in self.servers:
+            parse_listen(address)
+        if not 1 <= self.write_quorum <= len(self.servers):
+            raise InvalidInput(f"write quorum must be between 1 and {len(self.servers)} (the number of replicas)")
+        if self.timeout_s <= 0:
+            raise InvalidInput("timeout must be positive")
+        if not 0 <= self.linger_s <= 1:
+            raise InvalidInput("linger must be between 0 and 1 second")
+        if not 1 <= self.batch_messages_max <= 1000:
+            raise InvalidInput("batch size must be between 1 and 1000")
+        if not 1 <= self.page_size <= 1000:
+            raise InvalidInput("page size must be between 1 and 1000")
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port" into (host, port); raise InvalidInput if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise InvalidInput(f"address {address!r} is not host:port (e.g. 127.0.0.1:50051 or [::1]:50051)")
+    port = int(port_text)
+    if port > 65535:
+        raise InvalidInput(f"port {port} in {address!r} is out of range")
+    if host.startswith("[") != host.endswith("]"):
+        raise InvalidInput(f"address {address!r} has unbalanced brackets")
+    return host.strip("[]"), port
+
+
+def servers_from_text(text: str) -> tuple[str, ...]:
+    """Parse a comma- or space-separated replica list (as in MESSENGER_SERVERS)."""
+    servers = tuple(part for part in text.replace(",", " ").split() if part)
+    if not servers:
+        raise InvalidInput("replica list is empty")
+    return servers

@@ -1,0 +1,1 @@
+"""The replica server: handlers, start-up, health, drain."""

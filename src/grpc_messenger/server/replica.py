@@ -1,0 +1,121 @@
+"""One replica process: open the store, serve gRPC with health and reflection, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
+from grpc_messenger.errors import InvalidInput
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.servicer import MessengerServicer
+from grpc_messenger.store import MemoryStore, SqliteStore, Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
+STORE_FILE = "replica.sqlite3"
+
+
+def open_store(config: ServerConfig) -> Store:
+    """The store the config asks for (SQLite files live under data_dir)."""
+    if config.store == "memory":
+        return MemoryStore()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(config.data_dir / STORE_FILE)
+
+
+class Replica:
+    """A running replica: owns its gRPC server and its store, and stops both."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = open_store(config)
+        self.addresses: list[str] = []
+        self._health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+                ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+                ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
+            ]
+        )
+        pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+
+    async def start(self) -> None:
+        """Bind every listen address, start serving, mark healthy, write the ready file."""
+        for address in self.config.listen:
+            port = self._server.add_insecure_port(address)
+            if port == 0:
+                raise InvalidInput(f"cannot listen on {address}")
+            host = address.rpartition(":")[0]
+            self.addresses.append(f"{host}:{port}")
+        await self._server.start()
+        await self._set_serving(True)
+        log.info(
+            "event=replica.started replica=%s store=%s addresses=%s pid=%d",
+            self.store.replica_id,
+            self.store.kind,
+            ",".join(self.addresses),
+            os.getpid(),
+        )
+        if self.config.ready_file is not None:
+            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
+        log.info("event=replica.draining grace_s=%.1f", self.config.grace_s)
+        await self._set_serving(False)
+        await self._server.stop(self.config.grace_s)
+        await self.store.close()
+        log.info("event=replica.stopped replica=%s", self.store.replica_id)
+
+    async def wait(self) -> None:
+        """Until the server terminates."""
+        await self._server.wait_for_termination()
+
+
+def _write_ready_file(path: Path, addresses: list[str], replica_id: str) -> None:
+    # write then rename, so a reader never sees half a file
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"addresses": addresses, "replica_id": replica_id, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
+async def run_replica(config: ServerConfig) -> None:
+    """Run one replica until SIGTERM or SIGINT, then drain and stop."""
+    replica = Replica(config)
+    await replica.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(replica.wait())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        await replica.stop()
+        waiter.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,141 @@
+"""The MessengerService handlers: decode, validate, call the store, encode.
+
+Handlers stay thin. Every error leaves through `_guarded`, which turns our
+errors into status codes and anything unexpected into INTERNAL without a
+traceback on the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from grpc_messenger import wire
+from grpc_messenger._version import __version__
+from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
+from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError
+from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.store.base import FETCH_LIMIT_MAX, Store
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def _guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except MessengerError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("event=rpc.internal_error method=%s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in replica; see its log")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+class MessengerServicer(pb_grpc.MessengerServiceServicer):
+    """Serves one Store over the MessengerService protocol."""
+
+    def __init__(self, store: Store, config: ServerConfig) -> None:
+        self._store = store
+        self._config = config
+
+    def _decode(self, request: pb.SendRequest) -> Message:
+        return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
+
+    @_guarded
+    async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
+        message = self._decode(request)
+        (outcome,) = await self._store.put_many([message])
+        if outcome is PutOutcome.CONFLICT:
+            raise KeyConflict(f"key {message.key} is already stored with different content")
+        log.debug("event=send.stored key=%s outcome=%s", message.key, outcome.value)
+        return pb.SendResponse(
+            success=True,
+            debug_message=outcome.value,
+            outcome=wire.outcome_to_pb(outcome),
+            key=message.key,
+        )
+
+    @_guarded
+    async def SendBatch(
+        self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SendBatchResponse:
+        if len(request.messages) > self._config.batch_messages_max:
+            raise InvalidInput(
+                f"batch has {len(request.messages)} messages; the limit is {self._config.batch_messages_max}"
+            )
+        results: list[pb.SendResult | None] = []
+        valid: list[Message] = []
+        for item in request.messages:
+            try:
+                valid.append(self._decode(item))
+                results.append(None)
+            except InvalidInput as exc:
+                results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
+        outcomes = iter(await self._store.put_many(valid)) if valid else iter(())
+        messages = iter(valid)
+        filled = []
+        for result in results:
+            if result is None:
+                message, outcome = next(messages), next(outcomes)
+                result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
+            filled.append(result)
+        return pb.SendBatchResponse(results=filled)
+
+    @_guarded
+    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchResponse:
+        mailbox = validate_address(request.self_email, what="mailbox address")
+        if request.after_seq < 0:
+            raise InvalidInput("after_seq must not be negative")
+        if request.limit < 0:
+            raise InvalidInput("limit must not be negative")
+        limit = min(request.limit or self._config.fetch_limit_default, FETCH_LIMIT_MAX)
+        page = await self._store.fetch(mailbox, after_seq=request.after_seq, limit=limit, max_bytes=PAGE_BYTES_MAX)
+        return pb.FetchResponse(
+            messages=[wire.message_to_pb(m) for m in page.messages],
+            next_after_seq=page.next_after_seq,
+            more=page.more,
+        )
+
+    @_guarded
+    async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AckResponse:
+        mailbox = validate_address(request.self_email, what="mailbox address")
+        if len(request.keys) > self._config.ack_keys_max:
+            raise InvalidInput(f"ack has {len(request.keys)} keys; the limit is {self._config.ack_keys_max}")
+        keys = [validate_key(key) for key in request.keys]
+        deleted = await self._store.ack(mailbox, keys)
+        return pb.AckResponse(deleted=deleted)
+
+    @_guarded
+    async def ReceiveAll(
+        self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.InboxResponse:
+        mailbox = validate_address(request.self_email, what="mailbox address")
+        # Bounded so the answer fits one frame; what is left stays queued for the next call.
+        taken = await self._store.take(mailbox, limit=self._config.receive_all_max, max_bytes=PAGE_BYTES_MAX)
+        return pb.InboxResponse(messages=[wire.message_to_pb(m) for m in taken])
+
+    @_guarded
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:
+        counts = await self._store.counts()
+        return pb.InfoResponse(
+            replica_id=self._store.replica_id,
+            version=__version__,
+            store=self._store.kind,
+            messages=counts.messages,
+            mailboxes=counts.mailboxes,
+            tombstones=counts.tombstones,
+        )

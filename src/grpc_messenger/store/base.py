@@ -1,0 +1,92 @@
+"""The Store protocol: what a replica needs from its storage, nothing more.
+
+A store never imports grpc. Every method is async; a store that does blocking
+I/O runs it on threads it owns. `put_many` returns only after the messages it
+reports as stored are durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from grpc_messenger.model import Message, PutOutcome
+
+FETCH_LIMIT_MAX = 1000
+# Digest of a tombstone for a key acked before this replica ever held it.
+UNKNOWN_DIGEST = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPage:
+    """One page of a mailbox in this replica's arrival order."""
+
+    messages: tuple[Message, ...]
+    next_after_seq: int
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """Sizes of a store, for Info and metrics."""
+
+    messages: int
+    mailboxes: int
+    tombstones: int
+
+
+def decide(*, new_digest: str, stored_digest: str | None, tombstone_digest: str | None) -> PutOutcome | None:
+    """What putting a message means given what the mailbox holds for its key.
+
+    None means "not seen before: store it". A tombstone counts as stored, so an
+    acked message is never resurrected by a late retry. A tombstone with an
+    empty digest comes from an Ack of a key this replica never held (it missed
+    the Send); it matches any content, since the reader has that message.
+    """
+    seen = stored_digest if stored_digest is not None else tombstone_digest
+    if seen is None:
+        return None
+    return PutOutcome.ALREADY_STORED if seen in (new_digest, UNKNOWN_DIGEST) else PutOutcome.CONFLICT
+
+
+class Store(Protocol):
+    """Durable per-recipient mailboxes with tombstones."""
+
+    @property
+    def kind(self) -> str:
+        """Short name of the implementation ("sqlite", "memory")."""
+        ...
+
+    @property
+    def replica_id(self) -> str:
+        """Stable identity of this store (survives restarts for durable stores)."""
+        ...
+
+    async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
+        """Store each message once per mailbox; one outcome each, in order."""
+        ...
+
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+        """Up to `limit` queued messages of `mailbox` after position `after_seq`.
+
+        The page stops early once its bodies pass `max_bytes` (always at least one
+        message), so a page always fits in one gRPC response.
+        """
+        ...
+
+    async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
+        """Delete these keys from `mailbox`, leaving tombstones; return how many were queued."""
+        ...
+
+    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+        """Legacy destructive read: remove and return the oldest queued messages."""
+        ...
+
+    async def counts(self) -> StoreCounts:
+        """Current sizes."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release resources."""
+        ...

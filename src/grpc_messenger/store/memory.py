@@ -1,0 +1,96 @@
+"""In-memory store: the same semantics as SQLite, nothing durable. For tests and demos."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from grpc_messenger.model import Message, PutOutcome
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+
+
+class MemoryStore:
+    """Mailboxes in dicts; a global sequence number orders arrivals."""
+
+    def __init__(self) -> None:
+        self._replica_id = f"mem-{uuid.uuid4().hex[:12]}"
+        self._seq = 0
+        # mailbox -> key -> (seq, message); dicts keep insertion (= seq) order
+        self._queued: dict[str, dict[str, tuple[int, Message]]] = {}
+        self._tombstones: dict[str, dict[str, str]] = {}
+
+    @property
+    def kind(self) -> str:
+        return "memory"
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
+        outcomes = []
+        for message in messages:
+            box = self._queued.setdefault(message.recipient, {})
+            stored = box.get(message.key)
+            outcome = decide(
+                new_digest=message.digest,
+                stored_digest=stored[1].digest if stored else None,
+                tombstone_digest=self._tombstones.get(message.recipient, {}).get(message.key),
+            )
+            if outcome is None:
+                self._seq += 1
+                box[message.key] = (self._seq, message)
+                outcome = PutOutcome.STORED
+            outcomes.append(outcome)
+        return outcomes
+
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+        assert limit > 0
+        page: list[Message] = []
+        last = after_seq
+        more = False
+        size = 0
+        for seq, message in self._queued.get(mailbox, {}).values():
+            if seq <= after_seq:
+                continue
+            size += len(message.body.encode("utf-8", "surrogatepass"))
+            if len(page) == limit or (page and size > max_bytes):
+                more = True
+                break
+            page.append(message)
+            last = seq
+        return FetchPage(messages=tuple(page), next_after_seq=last, more=more)
+
+    async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
+        box = self._queued.get(mailbox, {})
+        tombs = self._tombstones.setdefault(mailbox, {})
+        deleted = 0
+        for key in keys:
+            entry = box.pop(key, None)
+            if entry is not None:
+                deleted += 1
+                tombs[key] = entry[1].digest
+            else:
+                tombs.setdefault(key, UNKNOWN_DIGEST)
+        return deleted
+
+    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+        taken: list[Message] = []
+        size = 0
+        for _, message in self._queued.get(mailbox, {}).values():
+            size += len(message.body.encode("utf-8", "surrogatepass"))
+            if len(taken) == limit or (taken and size > max_bytes):
+                break
+            taken.append(message)
+        await self.ack(mailbox, [m.key for m in taken])
+        return taken
+
+    async def counts(self) -> StoreCounts:
+        return StoreCounts(
+            messages=sum(len(b) for b in self._queued.values()),
+            mailboxes=sum(1 for b in self._queued.values() if b),
+            tombstones=sum(len(t) for t in self._tombstones.values()),
+        )
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,332 @@
+"""SQLite store: WAL, synchronous=FULL, group commit on one writer thread.
+
+Every write is an operation queued for the writer thread. The writer takes
+everything that queued up while the previous commit ran, applies it in one
+transaction (a savepoint per operation, so one bad operation fails alone),
+commits with an fsync, and only then resolves each caller's future. Many
+messages, one fsync: that is group commit, and no message is acknowledged
+before the commit that makes it durable.
+
+Reads use a second connection on a reader thread; WAL lets them run while the
+writer commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from grpc_messenger.errors import ResourceExhausted, StoreError
+from grpc_messenger.model import Message, PutOutcome
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order here; Fetch's cursor
+    mailbox TEXT NOT NULL,
+    msg_key TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    legacy_id INTEGER NOT NULL,
+    digest TEXT NOT NULL,                   -- sha256 of content: identity and checksum
+    UNIQUE (mailbox, msg_key)
+);
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, seq);
+CREATE TABLE IF NOT EXISTS tombstones (
+    mailbox TEXT NOT NULL,
+    msg_key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    deleted_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, msg_key)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "seq, msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest"
+
+# How many queued operations the writer takes into one commit, and how many
+# may wait: beyond that, callers get RESOURCE_EXHAUSTED instead of memory growth.
+COMMIT_OPS_MAX = 4096
+QUEUE_OPS_MAX = 65536
+
+
+@dataclass(slots=True)
+class _Op:
+    apply: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller was cancelled; the write still happened
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: WAL is fsynced at every commit, so an ack survives power loss too.
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _row_to_message(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Message, str]:
+    seq, key, sender, mailbox, body, created, legacy_id, digest = row
+    message = Message(
+        key=key, sender=sender, recipient=mailbox, body=body, created_unix_ms=created, legacy_id=legacy_id
+    )
+    return seq, message, digest
+
+
+class SqliteStore:
+    """Durable mailboxes in one SQLite file (see module docstring)."""
+
+    def __init__(self, path: Path | str, *, clock_ms: Callable[[], int] | None = None) -> None:
+        self.path = Path(path)
+        self._clock_ms = clock_ms or _wall_clock_ms
+        try:
+            self._writer_conn = _connect(self.path)
+            self._check_integrity(self._writer_conn)
+            self._writer_conn.executescript(_SCHEMA)
+            self._replica_id = self._load_identity(self._writer_conn)
+            self._reader_conn = _connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=QUEUE_OPS_MAX)
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
+        self._writer.start()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+
+    @property
+    def kind(self) -> str:
+        return "sqlite"
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    @staticmethod
+    def _check_integrity(conn: sqlite3.Connection) -> None:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise StoreError(f"integrity check failed: {'; '.join(rows[:5])}")
+
+    @staticmethod
+    def _load_identity(conn: sqlite3.Connection) -> str:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('replica_id', ?), ('schema_version', ?)",
+                (f"r-{uuid.uuid4().hex[:12]}", SCHEMA_VERSION),
+            )
+        row = conn.execute("SELECT value FROM meta WHERE name = 'replica_id'").fetchone()
+        return str(row[0])
+
+    # --- the writer thread -------------------------------------------------
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        try:
+            self._queue.put_nowait(_Op(apply, future, loop))
+        except queue.Full:
+            raise ResourceExhausted("replica write queue is full; retry later") from None
+        return await future
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            ops = [first]
+            while len(ops) < COMMIT_OPS_MAX:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                ops.append(nxt)
+            for op, (ok, value) in zip(ops, self._commit(ops), strict=True):
+                op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
+
+    def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
+        conn = self._writer_conn
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op.apply(conn)))
+                except Exception as exc:  # this op alone fails; the batch goes on
+                    conn.execute("ROLLBACK TO op")
+                    results.append((False, exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("event=store.commit_failed error=%r ops=%d", exc, len(ops))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+            return [(False, error)] * len(ops)
+        return results
+
+    # --- operations --------------------------------------------------------
+
+    async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
+        batch = list(messages)
+        return await self._write(lambda conn: _put_many(conn, batch))
+
+    async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
+        key_list = list(keys)
+        now_ms = self._clock_ms()
+        return await self._write(lambda conn: _ack(conn, mailbox, key_list, now_ms))
+
+    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+        now_ms = self._clock_ms()
+        return await self._write(lambda conn: _take(conn, mailbox, limit, max_bytes, now_ms))
+
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+        assert limit > 0
+        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, max_bytes))
+
+    async def counts(self) -> StoreCounts:
+        return await self._read(_counts)
+
+    async def _read(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, apply, self._reader_conn)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._queue.put, None)
+        await asyncio.to_thread(self._writer.join)
+        self._reader.shutdown(wait=True)
+        self._writer_conn.close()
+        self._reader_conn.close()
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _put_many(conn: sqlite3.Connection, messages: list[Message]) -> list[PutOutcome]:
+    outcomes = []
+    for m in messages:
+        digest = m.digest
+        stored = conn.execute(
+            "SELECT digest FROM messages WHERE mailbox = ? AND msg_key = ?", (m.recipient, m.key)
+        ).fetchone()
+        tomb = None
+        if stored is None:
+            tomb = conn.execute(
+                "SELECT digest FROM tombstones WHERE mailbox = ? AND msg_key = ?", (m.recipient, m.key)
+            ).fetchone()
+        outcome = decide(
+            new_digest=digest,
+            stored_digest=stored[0] if stored else None,
+            tombstone_digest=tomb[0] if tomb else None,
+        )
+        if outcome is None:
+            conn.execute(
+                "INSERT INTO messages (msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (m.key, m.sender, m.recipient, m.body, m.created_unix_ms, m.legacy_id, digest),
+            )
+            outcome = PutOutcome.STORED
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _ack(conn: sqlite3.Connection, mailbox: str, keys: list[str], now_ms: int) -> int:
+    deleted = 0
+    for key in keys:
+        row = conn.execute(
+            "DELETE FROM messages WHERE mailbox = ? AND msg_key = ? RETURNING digest", (mailbox, key)
+        ).fetchone()
+        deleted += row is not None
+        conn.execute(
+            "INSERT OR IGNORE INTO tombstones (mailbox, msg_key, digest, deleted_unix_ms) VALUES (?, ?, ?, ?)",
+            (mailbox, key, row[0] if row else UNKNOWN_DIGEST, now_ms),
+        )
+    return deleted
+
+
+def _take(conn: sqlite3.Connection, mailbox: str, limit: int, max_bytes: int, now_ms: int) -> list[Message]:
+    taken: list[Message] = []
+    size = 0
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? ORDER BY seq LIMIT ?", (mailbox, limit))
+    for row in rows.fetchall():
+        _, message, digest = _row_to_message(row)
+        size += len(message.body.encode("utf-8", "surrogatepass"))
+        if taken and size > max_bytes:
+            break
+        if digest != message.digest:
+            log.error("event=store.damaged_row mailbox_len=%d", len(mailbox))
+            continue
+        taken.append(message)
+    _ack(conn, mailbox, [m.key for m in taken], now_ms)
+    return taken
+
+
+def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (mailbox, after_seq, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    page: list[Message] = []
+    last = after_seq
+    size = 0
+    for row in rows[:limit]:
+        seq, message, digest = _row_to_message(row)
+        size += len(message.body.encode("utf-8", "surrogatepass"))
+        if page and size > max_bytes:
+            more = True
+            break
+        last = seq
+        # a row whose content no longer matches its digest is damaged: never serve it
+        if digest != message.digest:
+            log.error("event=store.damaged_row seq=%d", seq)
+            continue
+        page.append(message)
+    return FetchPage(messages=tuple(page), next_after_seq=last, more=more)
+
+
+def _counts(conn: sqlite3.Connection) -> StoreCounts:
+    messages, mailboxes = conn.execute("SELECT count(*), count(DISTINCT mailbox) FROM messages").fetchone()
+    (tombstones,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
+    return StoreCounts(messages=messages, mailboxes=mailboxes, tombstones=tombstones)

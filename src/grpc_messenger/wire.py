@@ -1,0 +1,72 @@
+"""Conversions between protobuf messages and model values.
+
+Nothing else in the package builds or reads pb2 messages field by field, so
+the wire format and the model can change independently of the layers above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from grpc_messenger.model import Message, PutOutcome, build_message
+from grpc_messenger.proto import messenger_pb2 as pb
+
+_OUTCOME_TO_PB = {
+    PutOutcome.STORED: pb.SEND_OUTCOME_STORED,
+    PutOutcome.ALREADY_STORED: pb.SEND_OUTCOME_ALREADY_STORED,
+    PutOutcome.CONFLICT: pb.SEND_OUTCOME_CONFLICT,
+}
+_OUTCOME_FROM_PB = {v: k for k, v in _OUTCOME_TO_PB.items()}
+
+
+def message_to_pb(message: Message) -> pb.SendRequest:
+    """The SendRequest that carries `message` (legacy fields filled for old readers)."""
+    return pb.SendRequest(
+        id=message.legacy_id,
+        msg=message.body,
+        self_email=message.sender,
+        dest_email=message.recipient,
+        key=message.key,
+        created_unix_ms=message.created_unix_ms,
+    )
+
+
+def message_from_pb(request: pb.SendRequest, *, max_body_bytes: int, now_ms: int | None = None) -> Message:
+    """Validate a SendRequest from the network; raise InvalidInput if it is bad."""
+    return build_message(
+        sender=request.self_email,
+        recipient=request.dest_email,
+        body=request.msg,
+        key=request.key,
+        created_unix_ms=request.created_unix_ms,
+        legacy_id=request.id,
+        max_body_bytes=max_body_bytes,
+        now_ms=now_ms,
+    )
+
+
+def stored_message_from_pb(request: pb.SendRequest) -> Message:
+    """A message a replica returned. Trusted for shape, not re-derived: the key is kept."""
+    return Message(
+        key=request.key,
+        sender=request.self_email,
+        recipient=request.dest_email,
+        body=request.msg,
+        created_unix_ms=request.created_unix_ms,
+        legacy_id=request.id,
+    )
+
+
+def outcome_to_pb(outcome: PutOutcome) -> pb.SendOutcome.ValueType:
+    """The wire enum for a store outcome."""
+    return _OUTCOME_TO_PB[outcome]
+
+
+def outcome_from_pb(value: pb.SendOutcome.ValueType) -> PutOutcome | None:
+    """The store outcome for a wire enum; None for REJECTED or unknown values."""
+    return _OUTCOME_FROM_PB.get(value)
+
+
+def batch_request(messages: Iterable[Message]) -> pb.SendBatchRequest:
+    """A SendBatch request for these messages."""
+    return pb.SendBatchRequest(messages=[message_to_pb(m) for m in messages])
