@@ -51,7 +51,7 @@ _CHANNEL_OPTIONS = [
     # a replica that comes back is used again within about a second
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

@@ -1,0 +1,167 @@
+"""Real replicas as real processes on loopback, always torn down.
+
+`replica_factory` starts `python -m grpc_messenger serve` on 127.0.0.1 port 0,
+waits for its ready file, and on teardown kills whatever is still running,
+also when the test failed. Killing (SIGKILL) and restarting on the same port
+and data directory is what the fault tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 30.0
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.1) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+@dataclass
+class ReplicaProcess:
+    """One replica process we started; restartable on the same port and data directory."""
+
+    data_dir: Path
+    store: str = "sqlite"
+    port: int = 0
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / "replica.log"
+
+    @property
+    def address(self) -> str:
+        assert self.port, "replica not started"
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> ReplicaProcess:
+        ready = self.data_dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        args = [
+            sys.executable, "-m", "grpc_messenger", "--log-level", "info", "serve",
+            "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
+            "--store", self.store, "--ready-file", str(ready), "--grace", "5", *self.extra_args,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"replica exited at start:\n{self.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"replica not ready in {READY_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.02)
+        address = json.loads(ready.read_text())["addresses"][0]
+        self.port = int(address.rpartition(":")[2])
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no clean close; what was acknowledged must survive."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM: the replica drains and closes its store."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def restart(self) -> ReplicaProcess:
+        self.kill()
+        return self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Cluster:
+    """N replicas; `servers` is what a client is configured with."""
+
+    replicas: list[ReplicaProcess]
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.replicas)
+
+
+class ReplicaFactory:
+    """Starts replicas under one temporary directory and owns their teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[ReplicaProcess] = []
+
+    def replica(self, *, store: str = "sqlite", extra_args: tuple[str, ...] = ()) -> ReplicaProcess:
+        data_dir = self.root / f"replica-{len(self.started) + 1}"
+        replica = ReplicaProcess(data_dir=data_dir, store=store, extra_args=extra_args)
+        self.started.append(replica)
+        return replica.start()
+
+    def cluster(self, n: int = 3, *, store: str = "sqlite") -> Cluster:
+        return Cluster([self.replica(store=store) for _ in range(n)])
+
+    def teardown(self) -> None:
+        for replica in self.started:
+            replica.kill()
+
+
+@pytest.fixture
+def replica_factory(tmp_path: Path) -> Iterator[ReplicaFactory]:
+    factory = ReplicaFactory(tmp_path / "replicas")
+    try:
+        yield factory
+    finally:
+        factory.teardown()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-replica cluster shared by a module's tests: use distinct mailboxes per test."""
+    factory = ReplicaFactory(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield factory.cluster(3)
+    finally:
+        factory.teardown()
+
+
+@pytest.fixture
+def client_home(tmp_path: Path) -> Path:
+    """A private data directory for the client's local inbox."""
+    home = tmp_path / "client-home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def mailbox(request: pytest.FixtureRequest) -> str:
+    """A mailbox address unique to this test (shared clusters outlive tests)."""
+    name = "".join(ch if ch.isalnum() else "-" for ch in request.node.name)[:50].strip("-").lower()
+    return f"{name}-{os.getpid()}@example.org"
