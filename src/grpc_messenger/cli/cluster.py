@@ -42,17 +42,25 @@ class RunningReplica:
     process: subprocess.Popen[bytes]
     ready_file: Path
 
+    @property
+    def address(self) -> str:
+        """Where it really listens (differs from spec.listen when that asked for port 0)."""
+        return str(ready_info(self)["addresses"][0])  # type: ignore[index]
+
 
 def plan(*, replicas: int, host: str, base_port: int, data_dir: Path) -> list[ReplicaSpec]:
     """The specs of a local cluster: consecutive ports, one data directory each."""
     if not 1 <= replicas <= 9:
         raise MessengerError("a local cluster has 1 to 9 replicas")
-    if not 1 <= base_port <= 65535 - replicas:
+    if not 0 <= base_port <= 65535 - replicas:
         raise MessengerError(f"base port {base_port} leaves no room for {replicas} replicas")
     listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return [
         ReplicaSpec(
-            name=f"replica-{i + 1}", listen=f"{listen_host}:{base_port + i}", data_dir=data_dir / f"replica-{i + 1}"
+            name=f"replica-{i + 1}",
+            # base port 0: every replica takes any free port (tests, several clusters on one host)
+            listen=f"{listen_host}:{base_port + i if base_port else 0}",
+            data_dir=data_dir / f"replica-{i + 1}",
         )
         for i in range(replicas)
     ]

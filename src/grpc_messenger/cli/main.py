@@ -172,7 +172,13 @@ def serve(
 @cli.command()
 @click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
-@click.option("--base-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
+@click.option(
+    "--base-port",
+    type=click.IntRange(0, 65535),
+    default=50051,
+    show_default=True,
+    help="First port; replicas take consecutive ports (0: any free ports).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -186,16 +192,19 @@ def cluster(ctx: click.Context, replicas: int, host: str, base_port: int, data_d
     """Start a local cluster of N replicas; Ctrl-C stops them all cleanly."""
     specs = local_cluster.plan(replicas=replicas, host=host, base_port=base_port, data_dir=data_dir)
     running = local_cluster.start(specs, store=store, log_level=ctx.meta["log_level"])
-    servers = ",".join(spec.listen for spec in specs)
+    servers = ",".join(replica.address for replica in running)
     out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir})")
     for replica in running:
         info = local_cluster.ready_info(replica)
-        out.print(f"  {replica.spec.name}  {replica.spec.listen}  pid {replica.process.pid}  id {info['replica_id']}")
-    out.print(f"clients: export MESSENGER_SERVERS={servers}   (this is also the default)")
+        out.print(f"  {replica.spec.name}  {replica.address}  pid {replica.process.pid}  id {info['replica_id']}")
+    default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
+    out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     out.print("Ctrl-C stops every replica.")
 
     def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
-        restart = " ".join(["messenger", *replica.spec.serve_args(store=store)])
+        args = replica.spec.serve_args(store=store)
+        args[args.index("--listen") + 1] = replica.address
+        restart = " ".join(["messenger", *args])
         err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
 
     try:
