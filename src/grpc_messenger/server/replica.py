@@ -117,5 +117,8 @@ async def run_replica(config: ServerConfig) -> None:
         stopper.cancel()
         await replica.stop()
         waiter.cancel()
+        # Stopped and closed: a second stop signal (Ctrl-C reaches the whole process
+        # group, and a supervisor may send SIGTERM too) must not turn exit 0 into a kill.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
