@@ -23,7 +23,7 @@ from grpc_messenger.cli import render
 from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.sync import Messenger
-from grpc_messenger.config import ClientConfig, ServerConfig
+from grpc_messenger.config import ClientConfig, ServerConfig, servers_from_env
 from grpc_messenger.errors import InvalidInput, MessengerError
 from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
 
@@ -138,6 +138,21 @@ def cli(
     show_default=True,
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Another replica to repair with (anti-entropy); repeat for each [env MESSENGER_PEERS, comma-separated].",
+)
+@click.option(
+    "--repair-interval",
+    "repair_interval_s",
+    type=click.FloatRange(0.05, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between repair rounds (jittered).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 def serve(
     listen: tuple[str, ...],
@@ -147,6 +162,8 @@ def serve(
     store: str,
     max_body_bytes: int,
     grace_s: float,
+    peers: tuple[str, ...],
+    repair_interval_s: float,
     ready_file: Path | None,
 ) -> None:
     """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
@@ -165,6 +182,8 @@ def serve(
         max_body_bytes=max_body_bytes,
         grace_s=grace_s,
         ready_file=ready_file,
+        peers=peers or servers_from_env("MESSENGER_PEERS"),
+        repair_interval_s=repair_interval_s,
     )
     asyncio.run(run_replica(config))
 
