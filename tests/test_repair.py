@@ -22,7 +22,9 @@ def stub(replica: ReplicaProcess) -> tuple[grpc.Channel, pb_grpc.MessengerServic
 
 
 def send_to(replica: ReplicaProcess, bodies: list[str], mailbox: str = BOB) -> list[str]:
-    requests = [pb.SendRequest(key=new_key(), msg=b, self_email="alice@example.org", dest_email=mailbox) for b in bodies]
+    requests = [
+        pb.SendRequest(key=new_key(), msg=b, self_email="alice@example.org", dest_email=mailbox) for b in bodies
+    ]
     channel, s = stub(replica)
     with channel:
         s.SendBatch(pb.SendBatchRequest(messages=requests), timeout=10)
@@ -76,7 +78,7 @@ def test_tombstones_win_over_copies(replica_factory: ReplicaFactory) -> None:
 
 def test_a_replica_with_a_lost_disk_is_rebuilt_and_spreads_no_gaps(replica_factory: ReplicaFactory) -> None:
     cluster = replica_factory.cluster(3, repair_interval_s=REPAIR_S)
-    a, b, c = cluster.replicas
+    a, _b, c = cluster.replicas
     keys = send_to(a, [f"m{i}" for i in range(50)])
     channel, s = stub(a)
     with channel:
@@ -101,7 +103,7 @@ def damage(path: Path) -> None:
 
 def test_a_damaged_store_is_set_aside_and_rebuilt_from_peers(replica_factory: ReplicaFactory) -> None:
     cluster = replica_factory.cluster(3, repair_interval_s=REPAIR_S)
-    a, b, c = cluster.replicas
+    a, _b, c = cluster.replicas
     keys = set(send_to(a, [f"payload {i} " + "x" * 200 for i in range(400)]))
     wait_until(lambda: queued(c) == keys, timeout_s=SETTLE_S)
     assert c.terminate() == 0  # clean stop: the WAL is checkpointed into the main file

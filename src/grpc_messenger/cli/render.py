@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from grpc_messenger.client.outbox import OwedDelivery
 from grpc_messenger.model import Message, ReadReport, ReplicaState, ReplicaStatus, SendReport
 
 _STATE_STYLE = {
@@ -121,3 +122,35 @@ def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
 def status_dict(statuses: list[ReplicaStatus]) -> list[dict[str, Any]]:
     """Statuses as plain JSON values."""
     return [asdict(s) for s in statuses]
+
+
+def owed_dict(owed: OwedDelivery) -> dict[str, Any]:
+    """An owed delivery as plain JSON values."""
+    return {
+        "key": owed.message.key,
+        "to": owed.message.recipient,
+        "replica": owed.replica,
+        "attempts": owed.attempts,
+        "first_owed_unix_ms": owed.first_owed_ms,
+        "next_due_unix_ms": owed.next_due_ms,
+        "last_error": owed.last_error,
+        "expired": owed.expired,
+    }
+
+
+def print_outbox(console: Console, owed: list[OwedDelivery], counts: tuple[int, int]) -> None:
+    """What the replicas are still owed, and what expired unreplicated."""
+    pending, expired = counts
+    if not owed:
+        console.print("[green]outbox empty[/]: every replica has every message sent from here")
+        return
+    table = Table()
+    for column in ("key", "to", "replica", "tries", "state", "last error"):
+        table.add_column(column, overflow="fold")
+    for d in owed:
+        state = "[red]expired[/]" if d.expired else "[yellow]owed[/]"
+        table.add_row(
+            d.message.key, escape(d.message.recipient), d.replica, str(d.attempts), state, escape(d.last_error)
+        )
+    console.print(table)
+    console.print(f"{pending} deliveries owed, {expired} expired (under-replicated)")
