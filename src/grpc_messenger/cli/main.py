@@ -348,9 +348,7 @@ def outbox_flush(g: Globals) -> None:
             f"[yellow]{remaining} deliveries still owed[/] (replicas unreachable?); they are retried in the background"
         )
         sys.exit(1)
-    out.print(
-        "[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else "")
-    )
+    out.print("[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else ""))
 
 
 def main() -> None:

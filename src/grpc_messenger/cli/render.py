@@ -96,6 +96,7 @@ def read_report_dict(report: ReadReport) -> dict[str, Any]:
 def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
     """A row per replica (ids and versions are in --json)."""
     table = Table()
+    digests = {s.state_digest for s in statuses if s.reachable}
     for column in ("replica", "up", "health", "store", "messages", "mailboxes", "rtt"):
         table.add_column(
             column, no_wrap=True, justify="right" if column in ("messages", "mailboxes", "rtt") else "left"
@@ -114,9 +115,24 @@ def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
             f"{s.latency_ms:.1f} ms",
         )
     console.print(table)
+    reachable = [s for s in statuses if s.reachable]
+    if len(reachable) > 1:
+        console.print(agreement_line(reachable, digests))
     for s in statuses:
         if s.error:
             console.print(f"[red]{s.address}[/]: {escape(s.error)}")
+
+
+def agreement_line(reachable: list[ReplicaStatus], digests: set[int]) -> str:
+    """Whether the reachable replicas hold the same messages and tombstones, and how far apart."""
+    if len(digests) == 1:
+        return f"[green]in sync[/]: the {len(reachable)} reachable replicas hold the same messages and tombstones"
+    spread_m = max(s.messages for s in reachable) - min(s.messages for s in reachable)
+    spread_t = max(s.tombstones for s in reachable) - min(s.tombstones for s in reachable)
+    return (
+        f"[yellow]replicas differ[/] ({len(digests)} distinct states; queued counts differ by up to {spread_m}, "
+        f"tombstones by up to {spread_t}); repair (--peer) and the senders' outboxes converge them"
+    )
 
 
 def status_dict(statuses: list[ReplicaStatus]) -> list[dict[str, Any]]:

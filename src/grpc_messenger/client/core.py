@@ -456,6 +456,7 @@ class AsyncMessenger:
             messages=info.messages,
             mailboxes=info.mailboxes,
             tombstones=info.tombstones,
+            state_digest=info.state_digest,
             latency_ms=latency_ms,
         )
 
