@@ -126,3 +126,23 @@ def test_repair_survives_a_peer_going_down(replica_factory: ReplicaFactory) -> N
     wait_until(lambda: queued(b) == keys, timeout_s=SETTLE_S)
     assert a.alive
     assert c.alive
+
+
+def test_tombstones_are_purged_everywhere_after_the_grace_period(replica_factory: ReplicaFactory) -> None:
+    cluster = replica_factory.cluster(3, repair_interval_s=REPAIR_S)
+    for replica in cluster.replicas:
+        replica.extra_args = (*replica.extra_args, "--tombstone-grace", "3")
+        replica.restart()
+    a, b, c = cluster.replicas
+    keys = send_to(a, ["read soon"])
+    wait_until(lambda: queued(c) == set(keys), timeout_s=SETTLE_S)
+    channel, s = stub(b)
+    with channel:
+        s.Ack(pb.AckRequest(self_email=BOB, keys=keys), timeout=10)
+    wait_until(
+        lambda: all(info(r).tombstones == 1 and info(r).messages == 0 for r in cluster.replicas), timeout_s=SETTLE_S
+    )
+    # after the grace period every replica forgets it, and repair does not hand it back
+    wait_until(lambda: all(info(r).tombstones == 0 for r in cluster.replicas), timeout_s=SETTLE_S)
+    assert all(info(r).messages == 0 for r in cluster.replicas)
+    assert agree(cluster.replicas)

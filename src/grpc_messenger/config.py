@@ -33,6 +33,9 @@ class ServerConfig:
     peers: tuple[str, ...] = ()
     repair_interval_s: float = 5.0
     repair_rate_per_s: float = 5000.0
+    # longer than any retry window (the client outbox expires after 7 days), so a
+    # replica that was away cannot bring deleted mail back
+    tombstone_grace_s: float = 30 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -45,6 +48,8 @@ class ServerConfig:
             raise InvalidInput("repair interval must be between 0.05 and 3600 seconds")
         if self.repair_rate_per_s <= 0:
             raise InvalidInput("repair rate must be positive")
+        if self.tombstone_grace_s < 1:
+            raise InvalidInput("tombstone grace period must be at least 1 second")
         if self.store not in ("sqlite", "memory"):
             raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
         if not 1 <= self.max_body_bytes <= 1024 * 1024:

@@ -163,21 +163,22 @@ class Repairer:
 
     async def _repair_mailbox(self, peer: str, mailbox: str, stats: RoundStats) -> None:
         stub = self._stubs[peer]
-        theirs: list[tuple[str, bool]] = []
+        theirs: list[pb.KeyState] = []
         after = ""
         for _ in range(KEY_PAGES_MAX):
             page = await stub.MailboxKeys(
                 pb.MailboxKeysRequest(mailbox=mailbox, after_key=after, limit=KEY_PAGE), timeout=self._timeout_s
             )
-            theirs.extend((k.key, k.tombstone) for k in page.keys)
+            theirs.extend(page.keys)
             if not page.more or not page.keys:
                 break
             after = page.keys[-1].key
         ours = await self._local_states(mailbox)
-        tombstones = [key for key, tomb in theirs if tomb and ours.get(key) is not True]
-        missing = [key for key, tomb in theirs if not tomb and key not in ours]
+        # tombstones win: theirs delete our queued copy; our own tombstones stay as they are
+        tombstones = [(k.key, k.deleted_unix_ms) for k in theirs if k.tombstone and ours.get(k.key) is not True]
+        missing = [k.key for k in theirs if not k.tombstone and k.key not in ours]
         if tombstones:
-            await self._store.ack(mailbox, tombstones)
+            await self._store.apply_tombstones(mailbox, tombstones)
             stats.tombstoned += len(tombstones)
         for start in range(0, len(missing), PULL_CHUNK):
             chunk = missing[start : start + PULL_CHUNK]
@@ -204,8 +205,8 @@ class Repairer:
         after = ""
         for _ in range(KEY_PAGES_MAX):
             page = await self._store.key_states(mailbox, after_key=after, limit=KEY_PAGE)
-            states.update(page)
+            states.update((k.key, k.tombstone) for k in page)
             if len(page) < KEY_PAGE:
                 break
-            after = page[-1][0]
+            after = page[-1].key
         return states

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
 REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 STORE_FILE = "replica.sqlite3"
+PURGE_CHUNK = 10_000
+PURGE_CHUNKS_MAX = 100
 
 
 def open_store(config: ServerConfig) -> Store:
@@ -80,6 +82,7 @@ class Replica:
         )
         pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
+        self._purger: asyncio.Task[None] | None = None
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -113,6 +116,7 @@ class Replica:
         await self._set_serving(True)
         if self._repairer is not None:
             self._repairer.start()
+        self._purger = asyncio.get_running_loop().create_task(self._purge_loop(), name="tombstone-purge")
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d",
             self.store.replica_id,
@@ -123,6 +127,22 @@ class Replica:
         )
         if self.config.ready_file is not None:
             _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id)
+
+    async def _purge_loop(self) -> None:
+        """Forget tombstones older than the grace period, in bounded chunks."""
+        grace_ms = int(self.config.tombstone_grace_s * 1000)
+        interval_s = min(3600.0, max(0.5, self.config.tombstone_grace_s / 10))
+        while True:
+            await asyncio.sleep(interval_s)
+            cutoff_ms = int(time.time() * 1000) - grace_ms
+            purged = 0
+            for _ in range(PURGE_CHUNKS_MAX):
+                n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
+                purged += n
+                if n < PURGE_CHUNK:
+                    break
+            if purged:
+                log.info("event=tombstones.purged n=%d", purged)
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -135,6 +155,9 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
         await self._server.stop(self.config.grace_s)
         await self.store.close()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)
