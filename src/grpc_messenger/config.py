@@ -36,11 +36,12 @@ class ServerConfig:
     # longer than any retry window (the client outbox expires after 7 days), so a
     # replica that was away cannot bring deleted mail back
     tombstone_grace_s: float = 30 * 24 * 3600.0
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise InvalidInput("at least one --listen address is needed")
-        for address in (*self.listen, *self.peers):
+        for address in (*self.listen, *self.peers, *([self.metrics_listen] if self.metrics_listen else [])):
             parse_listen(address)
         if len(set(self.peers)) != len(self.peers):
             raise InvalidInput("peer addresses must be distinct")

@@ -161,6 +161,12 @@ def cli(
     show_default=True,
     help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar="MESSENGER_METRICS_LISTEN",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 def serve(
     listen: tuple[str, ...],
@@ -173,6 +179,7 @@ def serve(
     peers: tuple[str, ...],
     repair_interval_s: float,
     tombstone_grace_s: float,
+    metrics_listen: str | None,
     ready_file: Path | None,
 ) -> None:
     """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
@@ -194,6 +201,7 @@ def serve(
         peers=peers or servers_from_env("MESSENGER_PEERS"),
         repair_interval_s=repair_interval_s,
         tombstone_grace_s=tombstone_grace_s,
+        metrics_listen=metrics_listen,
     )
     asyncio.run(run_replica(config))
 

@@ -26,6 +26,7 @@ from grpc_messenger import wire
 from grpc_messenger.errors import InvalidInput
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class Repairer:
         timeout_s: float,
         max_body_bytes: int,
         channel_factory: ChannelFactory | None = None,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         assert interval_s > 0
+        self._metrics = metrics
         self._store = store
         self._peers = peers
         self._interval_s = interval_s
@@ -128,6 +131,14 @@ class Repairer:
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
             log.info("event=repair.peer_failed peer=%s code=%s", peer, code)
+            result = "failed"
+        else:
+            result = "ok"
+        if self._metrics is not None:
+            self._metrics.repair_rounds.labels(result).inc()
+            self._metrics.repair.labels("pulled").inc(stats.pulled)
+            self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
+            self._metrics.repair.labels("rejected").inc(stats.rejected)
         if stats.differing or stats.pulled or stats.tombstoned:
             log.info(
                 "event=repair.round peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
