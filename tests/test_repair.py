@@ -9,7 +9,7 @@ import grpc
 from grpc_messenger.model import new_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from tests.conftest import ReplicaFactory, ReplicaProcess, wait_until
+from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
 
 REPAIR_S = 0.2
 SETTLE_S = 30.0
@@ -32,17 +32,7 @@ def send_to(replica: ReplicaProcess, bodies: list[str], mailbox: str = BOB) -> l
 
 
 def queued(replica: ReplicaProcess, mailbox: str = BOB) -> set[str]:
-    channel, s = stub(replica)
-    with channel:
-        keys: set[str] = set()
-        after = 0
-        for _ in range(100):
-            page = s.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
-            keys.update(m.key for m in page.messages)
-            after = page.next_after_seq
-            if not page.more:
-                return keys
-    raise AssertionError("mailbox too large for the test")
+    return queued_keys(replica.address, mailbox)
 
 
 def info(replica: ReplicaProcess) -> pb.InfoResponse:
