@@ -84,6 +84,7 @@ class Repairer:
         rate_per_s: float,
         timeout_s: float,
         max_body_bytes: int,
+        tombstone_grace_s: float,
         channel_factory: ChannelFactory | None = None,
         metrics: ReplicaMetrics | None = None,
     ) -> None:
@@ -94,6 +95,7 @@ class Repairer:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._max_body_bytes = max_body_bytes
+        self._tombstone_grace_ms = int(tombstone_grace_s * 1000)
         self._bucket = TokenBucket(rate_per_s)
         factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address))
         self._channels = {peer: factory(peer) for peer in peers}
@@ -185,8 +187,16 @@ class Repairer:
                 break
             after = page.keys[-1].key
         ours = await self._local_states(mailbox)
-        # tombstones win: theirs delete our queued copy; our own tombstones stay as they are
-        tombstones = [(k.key, k.deleted_unix_ms) for k in theirs if k.tombstone and ours.get(k.key) is not True]
+        # tombstones win: theirs delete our queued copy; our own tombstones stay as they are.
+        # One past its grace period is being purged everywhere: copying it back would
+        # only hand it around between purges. (The grace period must outlast any
+        # replica's absence, or a replica away longer could bring the message back.)
+        purge_cutoff_ms = int(time.time() * 1000) - self._tombstone_grace_ms
+        tombstones = [
+            (k.key, k.deleted_unix_ms)
+            for k in theirs
+            if k.tombstone and ours.get(k.key) is not True and k.deleted_unix_ms >= purge_cutoff_ms
+        ]
         missing = [k.key for k in theirs if not k.tombstone and k.key not in ours]
         if tombstones:
             await self._store.apply_tombstones(mailbox, tombstones)

@@ -99,6 +99,7 @@ class Replica:
                 rate_per_s=config.repair_rate_per_s,
                 timeout_s=10.0,
                 max_body_bytes=config.max_body_bytes,
+                tombstone_grace_s=config.tombstone_grace_s,
                 metrics=self.metrics,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
