@@ -29,6 +29,17 @@ class ServerConfig:
     receive_all_max: int = 10_000
     grace_s: float = 10.0
     ready_file: Path | None = None
+    # security (docs/security.md): auth is on when public keys are given, TLS when cert+key are
+    auth_public_keys: tuple[Path, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False  # allow listening beyond loopback without auth and TLS
+    # limits; 0 = unlimited
+    quota_messages_max: int = 1_000_000
+    quota_bytes_max: int = 1024 * 1024 * 1024
+    send_rate_per_s: float = 0.0
+    send_burst: int = 0  # 0 = one full batch (batch_messages_max)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -41,6 +52,26 @@ class ServerConfig:
             raise InvalidInput("max body size must be between 1 byte and 1 MiB")
         if self.grace_s < 0:
             raise InvalidInput("grace period must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.quota_messages_max < 0 or self.quota_bytes_max < 0:
+            raise InvalidInput("quotas must not be negative (0 = unlimited)")
+        if self.send_rate_per_s < 0 or self.send_burst < 0:
+            raise InvalidInput("send rate and burst must not be negative (0 = unlimited / default)")
+        if self.send_burst and self.send_burst < self.batch_messages_max:
+            raise InvalidInput(f"send burst must be at least one full batch ({self.batch_messages_max} messages)")
+
+    @property
+    def auth(self) -> bool:
+        """True when calls must carry a token."""
+        return bool(self.auth_public_keys)
+
+    @property
+    def tls(self) -> bool:
+        """True when listeners use TLS."""
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +86,12 @@ class ClientConfig:
     page_size: int = 500
     data_dir: Path | None = None
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    # security: a bearer token sent on every call; TLS when `tls` or `tls_ca` is set
+    token: str = ""
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -73,6 +110,22 @@ class ClientConfig:
             raise InvalidInput("batch size must be between 1 and 1000")
         if not 1 <= self.page_size <= 1000:
             raise InvalidInput("page size must be between 1 and 1000")
+        if not self.token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in self.token):
+            raise InvalidInput("token must be printable ASCII without spaces (paste it without 'Bearer')")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise InvalidInput("a client certificate needs both a certificate and a key file")
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when channels to the replicas use TLS."""
+        return self.tls or self.tls_ca is not None or self.tls_client_cert is not None
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent on every call: `metadata` plus `authorization: Bearer TOKEN` if a token is set."""
+        if not self.token:
+            return self.metadata
+        return (*self.metadata, ("authorization", f"Bearer {self.token}"))
 
 
 def parse_listen(address: str) -> tuple[str, int]:

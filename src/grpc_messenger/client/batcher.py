@@ -113,6 +113,9 @@ def _outcome(replica: str, message: Message, result: pb.SendResult) -> ReplicaOu
     outcome = wire.outcome_from_pb(result.outcome)
     if result.key and result.key != message.key:
         return ReplicaOutcome(replica, ReplicaState.FAILED, "replica answered for a different key")
+    if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
+        # the mailbox is full for now: retryable, unlike a rejection
+        return ReplicaOutcome(replica, ReplicaState.FAILED, f"RESOURCE_EXHAUSTED: {result.error}")
     if outcome is PutOutcome.CONFLICT:
         return ReplicaOutcome(replica, ReplicaState.CONFLICT, f"key {message.key} holds other content")
     if outcome is None:

@@ -39,6 +39,7 @@ from grpc_messenger.model import (
 )
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.security import tls
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,18 @@ class AsyncMessenger:
         """Open one channel per replica (lazily connected; never blocks)."""
         if self._links:
             return
+        credentials = (
+            tls.channel_credentials(
+                ca=self.config.tls_ca, cert=self.config.tls_client_cert, key=self.config.tls_client_key
+            )
+            if self.config.uses_tls
+            else None
+        )
         for address in self.config.servers:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
             stub = pb_grpc.MessengerServiceStub(channel)
             batcher = Batcher(
                 replica=address,
@@ -106,7 +117,7 @@ class AsyncMessenger:
         return call
 
     def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.config.timeout_s, "metadata": self.config.metadata or None}
+        return {"timeout": self.config.timeout_s, "metadata": self.config.call_metadata or None}
 
     @property
     def inbox(self) -> LocalInbox:

@@ -40,6 +40,10 @@ class _SendOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendOutco
     """This key is stored with different content: a client bug, nothing changed."""
     SEND_OUTCOME_REJECTED: _SendOutcome.ValueType  # 4
     """The message is invalid; nothing stored. `error` says why."""
+    SEND_OUTCOME_QUOTA_EXCEEDED: _SendOutcome.ValueType  # 5
+    """The recipient's mailbox is full (quota); nothing stored. Retry after the reader
+    has fetched and acked. `error` says which limit.
+    """
 
 class SendOutcome(_SendOutcome, metaclass=_SendOutcomeEnumTypeWrapper): ...
 
@@ -52,6 +56,10 @@ SEND_OUTCOME_CONFLICT: SendOutcome.ValueType  # 3
 """This key is stored with different content: a client bug, nothing changed."""
 SEND_OUTCOME_REJECTED: SendOutcome.ValueType  # 4
 """The message is invalid; nothing stored. `error` says why."""
+SEND_OUTCOME_QUOTA_EXCEEDED: SendOutcome.ValueType  # 5
+"""The recipient's mailbox is full (quota); nothing stored. Retry after the reader
+has fetched and acked. `error` says which limit.
+"""
 Global___SendOutcome: _TypeAlias = SendOutcome  # noqa: Y015
 
 @_typing.final

@@ -17,6 +17,11 @@ from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.security import tls
+from grpc_messenger.security.exposure import check_exposure
+from grpc_messenger.security.tokens import TokenVerifier
+from grpc_messenger.server.auth import GuardInterceptor
+from grpc_messenger.server.limits import RateLimiter, request_bytes_max
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.store import MemoryStore, SqliteStore, Store
 
@@ -34,20 +39,40 @@ def open_store(config: ServerConfig) -> Store:
     return SqliteStore(config.data_dir / STORE_FILE)
 
 
+def guard_for(config: ServerConfig) -> GuardInterceptor | None:
+    """The interceptor enforcing auth and the send rate, or None when neither is configured."""
+    verifier = TokenVerifier.from_files(config.auth_public_keys) if config.auth else None
+    limiter = None
+    if config.send_rate_per_s > 0:
+        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=config.send_burst or config.batch_messages_max)
+    if verifier is None and limiter is None:
+        return None
+    return GuardInterceptor(verifier=verifier, limiter=limiter)
+
+
 class Replica:
     """A running replica: owns its gRPC server and its store, and stops both."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # read keys and certificates before opening anything: a typo fails fast
+        guard = guard_for(config)
+        self._credentials = (
+            tls.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+            if config.tls_cert is not None and config.tls_key is not None
+            else None
+        )
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
+            interceptors=[guard] if guard is not None else None,
             options=[
-                ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+                # larger frames are refused before they are parsed
+                ("grpc.max_receive_message_length", request_bytes_max(config)),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
-            ]
+            ],
         )
         pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -59,7 +84,10 @@ class Replica:
     async def start(self) -> None:
         """Bind every listen address, start serving, mark healthy, write the ready file."""
         for address in self.config.listen:
-            port = self._server.add_insecure_port(address)
+            if self._credentials is not None:
+                port = self._server.add_secure_port(address, self._credentials)
+            else:
+                port = self._server.add_insecure_port(address)
             if port == 0:
                 raise InvalidInput(f"cannot listen on {address}")
             host = address.rpartition(":")[0]
@@ -67,11 +95,14 @@ class Replica:
         await self._server.start()
         await self._set_serving(True)
         log.info(
-            "event=replica.started replica=%s store=%s addresses=%s pid=%d",
+            "event=replica.started replica=%s store=%s addresses=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
             self.store.kind,
             ",".join(self.addresses),
             os.getpid(),
+            self.config.auth,
+            self.config.tls,
+            self.config.tls_client_ca is not None,
         )
         if self.config.ready_file is not None:
             _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id)
@@ -103,6 +134,9 @@ def _write_ready_file(path: Path, addresses: list[str], replica_id: str) -> None
 
 async def run_replica(config: ServerConfig) -> None:
     """Run one replica until SIGTERM or SIGINT, then drain and stop."""
+    warning = check_exposure(config)  # raises if exposed without auth+TLS and not forced
+    if warning is not None:
+        log.warning("event=replica.insecure %s", warning)
     replica = Replica(config)
     await replica.start()
     stop = asyncio.Event()

@@ -17,10 +17,11 @@ import grpc
 from grpc_messenger import wire
 from grpc_messenger._version import __version__
 from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
-from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError
+from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError, ResourceExhausted
 from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.limits import MailboxQuota
 from grpc_messenger.store.base import FETCH_LIMIT_MAX, Store
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,30 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     def __init__(self, store: Store, config: ServerConfig) -> None:
         self._store = store
         self._config = config
+        quota = MailboxQuota(store, messages_max=config.quota_messages_max, bytes_max=config.quota_bytes_max)
+        self._quota = quota if quota.enabled else None
 
     def _decode(self, request: pb.SendRequest) -> Message:
         return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
 
+    async def _put_within_quota(self, messages: list[Message]) -> list[PutOutcome | str]:
+        """Store what fits the recipients' quotas; per message its outcome, or why it did not fit."""
+        if self._quota is None:
+            return list(await self._store.put_many(messages)) if messages else []
+        verdicts = await self._quota.admit(messages)
+        admitted = [m for m, why in zip(messages, verdicts, strict=True) if why is None]
+        try:
+            outcomes = iter(await self._store.put_many(admitted) if admitted else [])
+        finally:
+            self._quota.settle(admitted)
+        return [next(outcomes) if why is None else why for why in verdicts]
+
     @_guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         message = self._decode(request)
-        (outcome,) = await self._store.put_many([message])
+        (outcome,) = await self._put_within_quota([message])
+        if isinstance(outcome, str):
+            raise ResourceExhausted(outcome)
         if outcome is PutOutcome.CONFLICT:
             raise KeyConflict(f"key {message.key} is already stored with different content")
         log.debug("event=send.stored key=%s outcome=%s", message.key, outcome.value)
@@ -85,13 +102,16 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
                 results.append(None)
             except InvalidInput as exc:
                 results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
-        outcomes = iter(await self._store.put_many(valid)) if valid else iter(())
+        outcomes = iter(await self._put_within_quota(valid))
         messages = iter(valid)
         filled = []
         for result in results:
             if result is None:
                 message, outcome = next(messages), next(outcomes)
-                result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
+                if isinstance(outcome, str):
+                    result = pb.SendResult(key=message.key, outcome=pb.SEND_OUTCOME_QUOTA_EXCEEDED, error=outcome)
+                else:
+                    result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
             filled.append(result)
         return pb.SendBatchResponse(results=filled)
 

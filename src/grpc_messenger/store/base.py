@@ -28,6 +28,14 @@ class FetchPage:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxUsage:
+    """What one mailbox holds now, for quotas: queued messages and their body bytes (UTF-8)."""
+
+    messages: int
+    body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     """Sizes of a store, for Info and metrics."""
 
@@ -85,6 +93,10 @@ class Store(Protocol):
 
     async def counts(self) -> StoreCounts:
         """Current sizes."""
+        ...
+
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        """Queued messages and body bytes of each mailbox (committed writes only)."""
         ...
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxUsage, StoreCounts, decide
 
 
 class MemoryStore:
@@ -18,6 +18,8 @@ class MemoryStore:
         # mailbox -> key -> (seq, message); dicts keep insertion (= seq) order
         self._queued: dict[str, dict[str, tuple[int, Message]]] = {}
         self._tombstones: dict[str, dict[str, str]] = {}
+        # mailbox -> body bytes queued (for quotas; the message count is len(box))
+        self._body_bytes: dict[str, int] = {}
 
     @property
     def kind(self) -> str:
@@ -40,6 +42,7 @@ class MemoryStore:
             if outcome is None:
                 self._seq += 1
                 box[message.key] = (self._seq, message)
+                self._body_bytes[message.recipient] = self._body_bytes.get(message.recipient, 0) + _size(message)
                 outcome = PutOutcome.STORED
             outcomes.append(outcome)
         return outcomes
@@ -69,6 +72,7 @@ class MemoryStore:
             entry = box.pop(key, None)
             if entry is not None:
                 deleted += 1
+                self._body_bytes[mailbox] -= _size(entry[1])
                 tombs[key] = entry[1].digest
             else:
                 tombs.setdefault(key, UNKNOWN_DIGEST)
@@ -92,5 +96,15 @@ class MemoryStore:
             tombstones=sum(len(t) for t in self._tombstones.values()),
         )
 
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        return {
+            mailbox: MailboxUsage(len(self._queued.get(mailbox, {})), self._body_bytes.get(mailbox, 0))
+            for mailbox in mailboxes
+        }
+
     async def close(self) -> None:
         return None
+
+
+def _size(message: Message) -> int:
+    return len(message.body.encode("utf-8", "surrogatepass"))

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from grpc_messenger.errors import ResourceExhausted, StoreError
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxUsage, StoreCounts, decide
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,28 @@ CREATE TABLE IF NOT EXISTS tombstones (
     deleted_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (mailbox, msg_key)
 ) WITHOUT ROWID;
+-- per-mailbox totals for quotas, kept exact by triggers inside every write transaction
+CREATE TABLE IF NOT EXISTS mailbox_usage (
+    mailbox TEXT PRIMARY KEY,
+    messages INTEGER NOT NULL,
+    body_bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS mailbox_usage_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_usage (mailbox, messages, body_bytes)
+    VALUES (new.mailbox, 1, length(CAST(new.body AS BLOB)))
+    ON CONFLICT (mailbox) DO UPDATE SET
+        messages = messages + 1, body_bytes = body_bytes + length(CAST(new.body AS BLOB));
+END;
+CREATE TRIGGER IF NOT EXISTS mailbox_usage_delete AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_usage SET messages = messages - 1, body_bytes = body_bytes - length(CAST(old.body AS BLOB))
+    WHERE mailbox = old.mailbox;
+    DELETE FROM mailbox_usage WHERE mailbox = old.mailbox AND messages <= 0;
+END;
+"""
+# Stores created before mailbox_usage existed get it filled once.
+_USAGE_BACKFILL = """
+INSERT INTO mailbox_usage (mailbox, messages, body_bytes)
+SELECT mailbox, count(*), sum(length(CAST(body AS BLOB))) FROM messages GROUP BY mailbox
 """
 
 _COLUMNS = "seq, msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest"
@@ -112,6 +134,7 @@ class SqliteStore:
             self._check_integrity(self._writer_conn)
             self._writer_conn.executescript(_SCHEMA)
             self._replica_id = self._load_identity(self._writer_conn)
+            self._backfill_usage(self._writer_conn)
             self._reader_conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -145,6 +168,16 @@ class SqliteStore:
             )
         row = conn.execute("SELECT value FROM meta WHERE name = 'replica_id'").fetchone()
         return str(row[0])
+
+    @staticmethod
+    def _backfill_usage(conn: sqlite3.Connection) -> None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            done = conn.execute("SELECT 1 FROM meta WHERE name = 'mailbox_usage'").fetchone()
+            if done is None:
+                conn.execute("DELETE FROM mailbox_usage")
+                conn.execute(_USAGE_BACKFILL)
+                conn.execute("INSERT INTO meta (name, value) VALUES ('mailbox_usage', '1')")
 
     # --- the writer thread -------------------------------------------------
 
@@ -221,6 +254,10 @@ class SqliteStore:
 
     async def counts(self) -> StoreCounts:
         return await self._read(_counts)
+
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        names = list(dict.fromkeys(mailboxes))
+        return await self._read(lambda conn: _usage(conn, names))
 
     async def _read(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -330,3 +367,11 @@ def _counts(conn: sqlite3.Connection) -> StoreCounts:
     messages, mailboxes = conn.execute("SELECT count(*), count(DISTINCT mailbox) FROM messages").fetchone()
     (tombstones,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
     return StoreCounts(messages=messages, mailboxes=mailboxes, tombstones=tombstones)
+
+
+def _usage(conn: sqlite3.Connection, mailboxes: list[str]) -> dict[str, MailboxUsage]:
+    found = {}
+    for mailbox in mailboxes:
+        row = conn.execute("SELECT messages, body_bytes FROM mailbox_usage WHERE mailbox = ?", (mailbox,)).fetchone()
+        found[mailbox] = MailboxUsage(messages=row[0], body_bytes=row[1]) if row else MailboxUsage(0, 0)
+    return found
