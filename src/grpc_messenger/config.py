@@ -39,7 +39,7 @@ class ServerConfig:
     quota_messages_max: int = 1_000_000
     quota_bytes_max: int = 1024 * 1024 * 1024
     send_rate_per_s: float = 0.0
-    send_burst: int = 0  # 0 = one full batch (batch_messages_max)
+    send_burst: int = 0  # 0 = one second's worth of send_rate_per_s (at least 1)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -60,8 +60,6 @@ class ServerConfig:
             raise InvalidInput("quotas must not be negative (0 = unlimited)")
         if self.send_rate_per_s < 0 or self.send_burst < 0:
             raise InvalidInput("send rate and burst must not be negative (0 = unlimited / default)")
-        if self.send_burst and self.send_burst < self.batch_messages_max:
-            raise InvalidInput(f"send burst must be at least one full batch ({self.batch_messages_max} messages)")
 
     @property
     def auth(self) -> bool:

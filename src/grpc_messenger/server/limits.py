@@ -42,14 +42,18 @@ class TokenBucket:
     updated_s: float
 
     def take(self, cost: int, now_s: float) -> float:
-        """Take `cost` tokens if there are enough and return 0; else take none and return seconds to wait."""
-        assert cost <= self.burst, "a request may never cost more than the burst"
+        """Take `cost` tokens and return 0, or take none and return seconds to wait.
+
+        A request costing more than the burst (a big batch) goes through when the
+        bucket is full and leaves it in debt, so the long-run rate still holds.
+        """
         self.tokens = min(self.burst, self.tokens + (now_s - self.updated_s) * self.rate_per_s)
         self.updated_s = now_s
-        if self.tokens >= cost:
+        needed = min(cost, self.burst)
+        if self.tokens >= needed:
             self.tokens -= cost
             return 0.0
-        return (cost - self.tokens) / self.rate_per_s
+        return (needed - self.tokens) / self.rate_per_s
 
 
 class RateLimiter:
@@ -78,7 +82,7 @@ class RateLimiter:
 
     def check(self, identity: str, cost: int) -> int:
         """0 if `identity` may send `cost` messages now (and they are counted); else milliseconds to wait."""
-        cost = max(1, min(cost, self.burst))
+        cost = max(1, cost)
         now_s = self._clock_s()
         bucket = self._buckets.get(identity)
         if bucket is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -44,7 +45,7 @@ def guard_for(config: ServerConfig) -> GuardInterceptor | None:
     verifier = TokenVerifier.from_files(config.auth_public_keys) if config.auth else None
     limiter = None
     if config.send_rate_per_s > 0:
-        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=config.send_burst or config.batch_messages_max)
+        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=config.send_burst or max(1, math.ceil(config.send_rate_per_s)))
     if verifier is None and limiter is None:
         return None
     return GuardInterceptor(verifier=verifier, limiter=limiter)
