@@ -45,7 +45,8 @@ def guard_for(config: ServerConfig) -> GuardInterceptor | None:
     verifier = TokenVerifier.from_files(config.auth_public_keys) if config.auth else None
     limiter = None
     if config.send_rate_per_s > 0:
-        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=config.send_burst or max(1, math.ceil(config.send_rate_per_s)))
+        burst = config.send_burst or max(1, math.ceil(config.send_rate_per_s))
+        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=burst)
     if verifier is None and limiter is None:
         return None
     return GuardInterceptor(verifier=verifier, limiter=limiter)
