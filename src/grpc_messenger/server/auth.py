@@ -16,6 +16,7 @@ call never reaches the store: nothing stored, nothing deleted.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -176,6 +177,16 @@ def _wrap(handler: Any, admit: Admit) -> Any:
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        inner_uw = handler.unary_stream
+
+        async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await admit(request, context)
+            await inner_uw(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream_writer, handler.request_deserializer, handler.response_serializer
         )
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
