@@ -94,7 +94,8 @@ def snapshot(replica: ReplicaProcess) -> StoreSnapshot:
         return StoreSnapshot(
             messages=tuple(
                 conn.execute(
-                    "SELECT mailbox, msg_key, sender, body, created_unix_ms, legacy_id, digest FROM messages ORDER BY seq"
+                    "SELECT mailbox, msg_key, sender, body, created_unix_ms, legacy_id, digest"
+                    " FROM messages ORDER BY seq"
                 ).fetchall()
             ),
             tombstones=tuple(conn.execute("SELECT * FROM tombstones ORDER BY mailbox, msg_key").fetchall()),

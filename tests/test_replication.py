@@ -106,7 +106,7 @@ def test_two_replicas_down_send_and_receive_still_work_exactly_once(
         cluster.replicas[2].kill()
         report = m.send(sender="alice@example.org", recipient=bob, body="during the outage", settle=True)
         assert report.ok
-        assert [r.state for r in report.replicas][0] is ReplicaState.STORED
+        assert report.replicas[0].state is ReplicaState.STORED
         during = m.receive(bob)
         assert [msg.body for msg in during.messages] == ["before the outage", "during the outage"]
         assert len(during.replicas_failed) == 2
