@@ -121,7 +121,11 @@ async def _refuse_rate(context: grpc.aio.ServicerContext[Any, Any], method: str,
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates, authorizes and rate-limits every call before its handler runs."""
+    """Authenticates, authorizes and rate-limits every call before its handler runs.
+
+    Also installed with auth and rate limits off: it turns undecodable request
+    bodies into INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+    """
 
     def __init__(self, *, verifier: TokenVerifier | None, limiter: RateLimiter | None) -> None:
         self._verifier = verifier
@@ -137,8 +141,6 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         rule = RULES.get(method)
-        if self._verifier is None and (rule is None or rule.send_cost is None):
-            return handler  # auth off: only the send rate applies
         wrapped: grpc.RpcMethodHandler[Any, Any] = _wrap(
             handler, lambda request, context: self._admit(method, rule, request, context)
         )
@@ -149,14 +151,23 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         """Return if the call may proceed; otherwise abort it with the right status."""
         identity_key = _client_host(context)
+        identity = None
         if self._verifier is not None:
             try:
                 identity = self._verifier.verify(bearer_token(context.invocation_metadata() or ()))
-                check_access(rule, identity, request)
-            except (Unauthenticated, PermissionDenied) as exc:
+            except Unauthenticated as exc:
                 await _refuse(context, method, exc)
                 return
             identity_key = f"{identity.role.value}:{identity.subject}"
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not decode: {request.reason}")
+            return
+        if identity is not None:
+            try:
+                check_access(rule, identity, request)
+            except PermissionDenied as exc:
+                await _refuse(context, method, exc)
+                return
         if self._limiter is not None and rule is not None and rule.send_cost is not None and request is not None:
             wait_ms = self._limiter.check(identity_key, rule.send_cost(request))
             if wait_ms:
@@ -164,6 +175,28 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
 
 Admit = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request body that is not valid protobuf for its method (refused as INVALID_ARGUMENT)."""
+
+    reason: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # gRPC answers a deserializer's exception with UNKNOWN; we want a clear INVALID_ARGUMENT
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:
+            return Undecodable(f"{type(exc).__name__}: {exc}"[:300])
+
+    return tolerant
 
 
 def _wrap(handler: Any, admit: Admit) -> Any:
@@ -176,7 +209,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
         inner_uw = handler.unary_stream
@@ -186,7 +219,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
             await inner_uw(request, context)
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream_writer, handler.request_deserializer, handler.response_serializer
+            unary_stream_writer, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
@@ -197,7 +230,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary

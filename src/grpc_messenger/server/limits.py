@@ -50,7 +50,7 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now_s - self.updated_s) * self.rate_per_s)
         self.updated_s = now_s
         needed = min(cost, self.burst)
-        if self.tokens >= needed:
+        if self.tokens >= needed - 1e-9:  # float dust must not cost a whole retry
             self.tokens -= cost
             return 0.0
         return (needed - self.tokens) / self.rate_per_s

@@ -40,15 +40,13 @@ def open_store(config: ServerConfig) -> Store:
     return SqliteStore(config.data_dir / STORE_FILE)
 
 
-def guard_for(config: ServerConfig) -> GuardInterceptor | None:
-    """The interceptor enforcing auth and the send rate, or None when neither is configured."""
+def guard_for(config: ServerConfig) -> GuardInterceptor:
+    """The interceptor enforcing auth and the send rate (each only if configured) and decodable requests."""
     verifier = TokenVerifier.from_files(config.auth_public_keys) if config.auth else None
     limiter = None
     if config.send_rate_per_s > 0:
         burst = config.send_burst or max(1, math.ceil(config.send_rate_per_s))
         limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=burst)
-    if verifier is None and limiter is None:
-        return None
     return GuardInterceptor(verifier=verifier, limiter=limiter)
 
 
@@ -68,7 +66,7 @@ class Replica:
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[guard] if guard is not None else None,
+            interceptors=[guard],
             options=[
                 # larger frames are refused before they are parsed
                 ("grpc.max_receive_message_length", request_bytes_max(config)),
