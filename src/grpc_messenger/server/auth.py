@@ -150,7 +150,6 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, rule: Rule | None, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Return if the call may proceed; otherwise abort it with the right status."""
-        identity_key = _client_host(context)
         identity = None
         if self._verifier is not None:
             try:
@@ -158,7 +157,6 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             except Unauthenticated as exc:
                 await _refuse(context, method, exc)
                 return
-            identity_key = f"{identity.role.value}:{identity.subject}"
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not decode: {request.reason}")
             return
@@ -169,6 +167,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 await _refuse(context, method, exc)
                 return
         if self._limiter is not None and rule is not None and rule.send_cost is not None and request is not None:
+            identity_key = f"{identity.role.value}:{identity.subject}" if identity else _client_host(context)
             wait_ms = self._limiter.check(identity_key, rule.send_cost(request))
             if wait_ms:
                 await _refuse_rate(context, method, wait_ms, self._limiter.rate_per_s)
