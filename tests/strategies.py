@@ -1,10 +1,40 @@
-"""Hypothesis strategies for hostile input: the requests a careless or malicious client could send."""
+"""Shared hypothesis strategies: valid addresses, bodies, keys, messages; and hostile input (hostile_*, rpc_calls)."""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from grpc_messenger.model import Message, new_key
 from grpc_messenger.proto import messenger_pb2 as pb
+
+_local_chars = st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.!#$%&'*+/=?^_`{|}~-")
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+
+addresses = st.builds(
+    lambda local, labels: f"{local}@{'.'.join(labels)}",
+    st.text(_local_chars, min_size=1, max_size=20),
+    st.lists(_label, min_size=1, max_size=3),
+)
+
+# any unicode a person might type, including combining marks, emoji and control characters
+bodies = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=300)
+
+keys = st.builds(lambda: new_key())
+
+
+@st.composite
+def messages(draw: st.DrawFn, *, recipient: str | None = None) -> Message:
+    return Message(
+        key=draw(keys),
+        sender=draw(addresses),
+        recipient=recipient or draw(addresses),
+        body=draw(bodies),
+        created_unix_ms=draw(st.integers(min_value=1, max_value=4_000_000_000_000)),
+        legacy_id=0,
+    )
+
+
+# --- hostile input: what a careless or malicious client could send ---------------
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -55,11 +85,11 @@ def hostile_text(max_size: int = 300) -> st.SearchStrategy[str]:
     )
 
 
-def addresses() -> st.SearchStrategy[str]:
+def hostile_addresses() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(VALID_ADDRESSES), hostile_text(max_size=300))
 
 
-def message_keys() -> st.SearchStrategy[str]:
+def hostile_keys() -> st.SearchStrategy[str]:
     return st.one_of(
         st.just(""),
         st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True),
@@ -69,7 +99,7 @@ def message_keys() -> st.SearchStrategy[str]:
     )
 
 
-def bodies(*, max_body_bytes: int) -> st.SearchStrategy[str]:
+def hostile_bodies(*, max_body_bytes: int) -> st.SearchStrategy[str]:
     return st.one_of(
         hostile_text(max_size=200),
         st.just("x" * max_body_bytes),
@@ -82,10 +112,10 @@ def send_requests(*, max_body_bytes: int) -> st.SearchStrategy[pb.SendRequest]:
     return st.builds(
         pb.SendRequest,
         id=st.integers(*INT32),
-        msg=bodies(max_body_bytes=max_body_bytes),
-        self_email=addresses(),
-        dest_email=addresses(),
-        key=message_keys(),
+        msg=hostile_bodies(max_body_bytes=max_body_bytes),
+        self_email=hostile_addresses(),
+        dest_email=hostile_addresses(),
+        key=hostile_keys(),
         created_unix_ms=st.one_of(st.just(0), st.integers(*INT64)),
     )
 
@@ -99,14 +129,17 @@ def rpc_calls(*, max_body_bytes: int) -> st.SearchStrategy[tuple[str, object]]:
         st.tuples(
             st.just("Fetch"),
             st.builds(
-                pb.FetchRequest, self_email=addresses(), after_seq=st.integers(*INT64), limit=st.integers(*INT32)
+                pb.FetchRequest,
+                self_email=hostile_addresses(),
+                after_seq=st.integers(*INT64),
+                limit=st.integers(*INT32),
             ),
         ),
         st.tuples(
             st.just("Ack"),
-            st.builds(pb.AckRequest, self_email=addresses(), keys=st.lists(message_keys(), max_size=20)),
+            st.builds(pb.AckRequest, self_email=hostile_addresses(), keys=st.lists(hostile_keys(), max_size=20)),
         ),
-        st.tuples(st.just("ReceiveAll"), st.builds(pb.ReceiveRequest, self_email=addresses())),
+        st.tuples(st.just("ReceiveAll"), st.builds(pb.ReceiveRequest, self_email=hostile_addresses())),
         st.tuples(st.just("Info"), st.just(pb.InfoRequest())),
     )
 

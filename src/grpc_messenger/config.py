@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,21 @@ class ServerConfig:
     quota_bytes_max: int = 1024 * 1024 * 1024
     send_rate_per_s: float = 0.0
     send_burst: int = 0  # 0 = one second's worth of send_rate_per_s (at least 1)
+    peers: tuple[str, ...] = ()
+    repair_interval_s: float = 5.0
+    repair_rate_per_s: float = 5000.0
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise InvalidInput("at least one --listen address is needed")
-        for address in self.listen:
+        for address in (*self.listen, *self.peers):
             parse_listen(address)
+        if len(set(self.peers)) != len(self.peers):
+            raise InvalidInput("peer addresses must be distinct")
+        if not 0.05 <= self.repair_interval_s <= 3600:
+            raise InvalidInput("repair interval must be between 0.05 and 3600 seconds")
+        if self.repair_rate_per_s <= 0:
+            raise InvalidInput("repair rate must be positive")
         if self.store not in ("sqlite", "memory"):
             raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
         if not 1 <= self.max_body_bytes <= 1024 * 1024:
@@ -145,3 +155,9 @@ def servers_from_text(text: str) -> tuple[str, ...]:
     if not servers:
         raise InvalidInput("replica list is empty")
     return servers
+
+
+def servers_from_env(name: str) -> tuple[str, ...]:
+    """A replica list from an environment variable; empty if unset or blank."""
+    text = os.environ.get(name, "")
+    return servers_from_text(text) if text.strip() else ()

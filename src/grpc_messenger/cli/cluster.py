@@ -28,10 +28,22 @@ class ReplicaSpec:
     name: str
     listen: str
     data_dir: Path
+    peers: tuple[str, ...] = ()
 
     def serve_args(self, *, store: str, extra: Sequence[str] = ()) -> list[str]:
         """The `messenger serve` arguments that (re)start this replica."""
-        return ["serve", "--listen", self.listen, "--data-dir", str(self.data_dir), "--store", store, *extra]
+        peer_args = [arg for peer in self.peers for arg in ("--peer", peer)]
+        return [
+            "serve",
+            "--listen",
+            self.listen,
+            "--data-dir",
+            str(self.data_dir),
+            "--store",
+            store,
+            *peer_args,
+            *extra,
+        ]
 
 
 @dataclass(slots=True)
@@ -42,17 +54,30 @@ class RunningReplica:
     process: subprocess.Popen[bytes]
     ready_file: Path
 
+    @property
+    def address(self) -> str:
+        """Where it really listens (differs from spec.listen when that asked for port 0)."""
+        return str(ready_info(self)["addresses"][0])  # type: ignore[index]
+
 
 def plan(*, replicas: int, host: str, base_port: int, data_dir: Path) -> list[ReplicaSpec]:
     """The specs of a local cluster: consecutive ports, one data directory each."""
     if not 1 <= replicas <= 9:
         raise MessengerError("a local cluster has 1 to 9 replicas")
-    if not 1 <= base_port <= 65535 - replicas:
+    if not 0 <= base_port <= 65535 - replicas:
         raise MessengerError(f"base port {base_port} leaves no room for {replicas} replicas")
     listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    # base port 0: every replica takes any free port (tests, several clusters on one
+    # host); their addresses are unknown up front, so they start without repair peers
+    listens = [f"{listen_host}:{base_port + i if base_port else 0}" for i in range(replicas)]
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else listen_host
+    connects = [f"{connect_host}:{base_port + i}" for i in range(replicas)] if base_port else []
     return [
         ReplicaSpec(
-            name=f"replica-{i + 1}", listen=f"{listen_host}:{base_port + i}", data_dir=data_dir / f"replica-{i + 1}"
+            name=f"replica-{i + 1}",
+            listen=listens[i],
+            data_dir=data_dir / f"replica-{i + 1}",
+            peers=tuple(c for j, c in enumerate(connects) if j != i),
         )
         for i in range(replicas)
     ]

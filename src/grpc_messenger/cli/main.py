@@ -23,7 +23,7 @@ from grpc_messenger.cli import render, security_cmds
 from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.sync import Messenger
-from grpc_messenger.config import ClientConfig, ServerConfig
+from grpc_messenger.config import ClientConfig, ServerConfig, servers_from_env
 from grpc_messenger.errors import InvalidInput, MessengerError
 from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
 
@@ -188,6 +188,21 @@ def cli(
     show_default=True,
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Another replica to repair with (anti-entropy); repeat for each [env MESSENGER_PEERS, comma-separated].",
+)
+@click.option(
+    "--repair-interval",
+    "repair_interval_s",
+    type=click.FloatRange(0.05, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between repair rounds (jittered).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 @click.option(
     "--auth-public-key",
@@ -251,6 +266,8 @@ def serve(
     store: str,
     max_body_bytes: int,
     grace_s: float,
+    peers: tuple[str, ...],
+    repair_interval_s: float,
     ready_file: Path | None,
     auth_public_keys: tuple[Path, ...],
     tls_cert: Path | None,
@@ -287,6 +304,8 @@ def serve(
         quota_bytes_max=quota_bytes,
         send_rate_per_s=send_rate_per_s,
         send_burst=send_burst,
+        peers=peers or servers_from_env("MESSENGER_PEERS"),
+        repair_interval_s=repair_interval_s,
     )
     asyncio.run(run_replica(config))
 
@@ -294,7 +313,13 @@ def serve(
 @cli.command()
 @click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
-@click.option("--base-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
+@click.option(
+    "--base-port",
+    type=click.IntRange(0, 65535),
+    default=50051,
+    show_default=True,
+    help="First port; replicas take consecutive ports (0: any free ports).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -313,13 +338,14 @@ def cluster(
     specs = local_cluster.plan(replicas=replicas, host=host, base_port=base_port, data_dir=data_dir)
     extra, client_env = local_cluster.security_args(data_dir=data_dir, host=host, auth=auth, secure=secure)
     running = local_cluster.start(specs, store=store, log_level=ctx.meta["log_level"], extra=extra)
-    servers = ",".join(spec.listen for spec in specs)
+    servers = ",".join(replica.address for replica in running)
     mode = "auth + TLS" if secure else "auth" if auth else "no auth, no TLS"
     out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir}, {mode})")
     for replica in running:
         info = local_cluster.ready_info(replica)
-        out.print(f"  {replica.spec.name}  {replica.spec.listen}  pid {replica.process.pid}  id {info['replica_id']}")
-    out.print(f"clients: export MESSENGER_SERVERS={servers}   (this is also the default)")
+        out.print(f"  {replica.spec.name}  {replica.address}  pid {replica.process.pid}  id {info['replica_id']}")
+    default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
+    out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     for line in client_env:
         out.print(f"         {line}")
     if auth or secure:
@@ -328,7 +354,9 @@ def cluster(
     out.print("Ctrl-C stops every replica.")
 
     def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
-        restart = " ".join(["messenger", *replica.spec.serve_args(store=store, extra=extra)])
+        args = replica.spec.serve_args(store=store, extra=extra)
+        args[args.index("--listen") + 1] = replica.address
+        restart = " ".join(["messenger", *args])
         err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
 
     try:

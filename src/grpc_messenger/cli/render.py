@@ -93,25 +93,29 @@ def read_report_dict(report: ReadReport) -> dict[str, Any]:
 
 
 def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
-    """A row per replica."""
+    """A row per replica (ids and versions are in --json)."""
     table = Table()
-    for column in ("replica", "reachable", "health", "id", "store", "messages", "mailboxes", "latency"):
-        table.add_column(column, justify="right" if column in ("messages", "mailboxes", "latency") else "left")
+    for column in ("replica", "up", "health", "store", "messages", "mailboxes", "rtt"):
+        table.add_column(
+            column, no_wrap=True, justify="right" if column in ("messages", "mailboxes", "rtt") else "left"
+        )
     for s in statuses:
         if not s.reachable:
-            table.add_row(s.address, "[red]no[/]", "-", "-", "-", "-", "-", escape(s.error))
+            table.add_row(s.address, "[red]no[/]", "[red]unreachable[/]", "-", "-", "-", "-")
             continue
         table.add_row(
             s.address,
             "[green]yes[/]",
             "[green]serving[/]" if s.serving else "[red]not serving[/]",
-            s.replica_id,
             s.store,
             str(s.messages),
             str(s.mailboxes),
             f"{s.latency_ms:.1f} ms",
         )
     console.print(table)
+    for s in statuses:
+        if s.error:
+            console.print(f"[red]{s.address}[/]: {escape(s.error)}")
 
 
 def status_dict(statuses: list[ReplicaStatus]) -> list[dict[str, Any]]:

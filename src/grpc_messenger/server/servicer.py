@@ -1,6 +1,6 @@
 """The MessengerService handlers: decode, validate, call the store, encode.
 
-Handlers stay thin. Every error leaves through `_guarded`, which turns our
+Handlers stay thin. Every error leaves through `guarded`, which turns our
 errors into status codes and anything unexpected into INTERNAL without a
 traceback on the wire.
 """
@@ -36,7 +36,9 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-def _guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Answer our errors with their status code and anything else with INTERNAL."""
+
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
@@ -81,7 +83,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         outcomes = iter(stored)
         return [next(outcomes) if why is None else why for why in verdicts]
 
-    @_guarded
+    @guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         message = self._decode(request)
         (outcome,) = await self._put_within_quota([message])
@@ -97,7 +99,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             key=message.key,
         )
 
-    @_guarded
+    @guarded
     async def SendBatch(
         self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SendBatchResponse:
@@ -126,7 +128,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             filled.append(result)
         return pb.SendBatchResponse(results=filled)
 
-    @_guarded
+    @guarded
     async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchResponse:
         mailbox = validate_address(request.self_email, what="mailbox address")
         if request.after_seq < 0:
@@ -141,7 +143,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             more=page.more,
         )
 
-    @_guarded
+    @guarded
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AckResponse:
         mailbox = validate_address(request.self_email, what="mailbox address")
         if len(request.keys) > self._config.ack_keys_max:
@@ -150,7 +152,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         deleted = await self._store.ack(mailbox, keys)
         return pb.AckResponse(deleted=deleted)
 
-    @_guarded
+    @guarded
     async def ReceiveAll(
         self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InboxResponse:
@@ -215,7 +217,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         # a client that stops reading must not hold its slot (and this page) forever
         await asyncio.wait_for(context.write(response), timeout=self._signals.limits.write_timeout_s)
 
-    @_guarded
+    @guarded
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:
         counts = await self._store.counts()
         return pb.InfoResponse(
@@ -225,4 +227,5 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             messages=counts.messages,
             mailboxes=counts.mailboxes,
             tombstones=counts.tombstones,
+            state_digest=await self._store.state_digest(),
         )

@@ -1,0 +1,41 @@
+# The front door. `make cluster` and `make test` each set up everything they need
+# in ./.venv on a fresh machine (Python >= 3.11 with venv is all they assume).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: cluster test lint proto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+## cluster: start a local 3-replica cluster (SQLite under ./messenger-data); Ctrl-C stops it
+cluster: $(VENV)/.installed
+	$(BIN)/messenger cluster
+
+## test: generated code up to date, lint, types, then every test
+test: $(VENV)/.installed-dev lint
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_proto.py --check
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+
+## proto: regenerate src/grpc_messenger/proto/*_pb2* from messenger.proto
+proto: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) messenger-data .pytest_cache .mypy_cache .ruff_cache
