@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_messenger import ClientConfig, Messenger
+from grpc_messenger import ClientConfig, Messenger, PermissionDenied
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.security.tokens import Identity, Role
@@ -198,7 +198,7 @@ def test_client_library_sends_its_token_and_reads_only_its_mailbox(auth_replica:
 
     with client(r.keys.token("erin@x.org")) as erin:
         assert erin.send(sender="erin@x.org", recipient="frank@x.org", body="hi frank").ok
-        with pytest.raises(Exception, match="PERMISSION_DENIED"):
+        with pytest.raises(PermissionDenied, match=r"cannot act for 'frank@x\.org'"):
             erin.send(sender="frank@x.org", recipient="erin@x.org", body="spoof")
         with pytest.raises(Exception, match="PERMISSION_DENIED"):
             erin.receive("frank@x.org")

@@ -67,7 +67,7 @@ def test_cli_sends_token_from_env_and_config_file(replica_factory: ReplicaFactor
 
     refused = _messenger("send", "--from", "bob@x.org", "--to", "bob@x.org", "hi", cwd=tmp_path, env=base)
     assert refused.returncode == 1
-    assert "UNAUTHENTICATED: missing token" in refused.stderr
+    assert "error: missing token" in refused.stderr
 
     from_env = _messenger(
         "send",

@@ -100,6 +100,10 @@ class ClientConfig:
     tls_ca: Path | None = None
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+    # hinted hand-off: retry deliveries a replica missed; report them when expired
+    outbox: bool = True
+    outbox_expiry_s: float = 7 * 24 * 3600.0
+    outbox_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -118,6 +122,10 @@ class ClientConfig:
             raise InvalidInput("batch size must be between 1 and 1000")
         if not 1 <= self.page_size <= 1000:
             raise InvalidInput("page size must be between 1 and 1000")
+        if self.outbox_expiry_s <= 0:
+            raise InvalidInput("outbox expiry must be positive")
+        if not 0.01 <= self.outbox_interval_s <= 3600:
+            raise InvalidInput("outbox interval must be between 0.01 and 3600 seconds")
         if not self.token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in self.token):
             raise InvalidInput("token must be printable ASCII without spaces (paste it without 'Bearer')")
         if (self.tls_client_cert is None) != (self.tls_client_key is None):

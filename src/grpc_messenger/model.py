@@ -163,6 +163,7 @@ class ReplicaState(enum.Enum):
     ALREADY_STORED = "already_stored"
     CONFLICT = "conflict"  # the key holds other content there: a client bug
     REJECTED = "rejected"  # the replica found the message invalid
+    DENIED = "denied"  # no or a wrong credential for this sender: retrying the same call cannot help
     FAILED = "failed"  # unreachable, timed out, or another error
     PENDING = "pending"  # no answer yet; delivery goes on in the background
 
@@ -236,5 +237,6 @@ class ReplicaStatus:
     messages: int = 0
     mailboxes: int = 0
     tombstones: int = 0
+    state_digest: int = 0
     latency_ms: float = 0.0
     error: str = ""

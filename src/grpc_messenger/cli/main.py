@@ -454,6 +454,41 @@ cli.add_command(security_cmds.token)
 cli.add_command(security_cmds.certs)
 
 
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.pass_context
+def outbox(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Show deliveries the replicas are still owed (hinted hand-off); `outbox flush` pushes them now."""
+    if ctx.invoked_subcommand is not None:
+        return
+    g: Globals = ctx.obj
+    with Messenger(g.client_config()) as messenger:
+        counts = messenger.outbox_owed()
+        owed = messenger.outbox_listing(limit=limit)
+    if as_json:
+        click.echo(
+            render.to_json({"owed": counts[0], "expired": counts[1], "deliveries": [render.owed_dict(d) for d in owed]})
+        )
+    else:
+        render.print_outbox(out, owed, counts)
+
+
+@outbox.command("flush")
+@click.pass_obj
+def outbox_flush(g: Globals) -> None:
+    """Try every owed delivery now; exit 1 if some replica still lacks a message."""
+    with Messenger(g.client_config()) as messenger:
+        remaining = messenger.flush_outbox()
+        _, expired = messenger.outbox_owed()
+    if remaining:
+        err.print(
+            f"[yellow]{remaining} deliveries still owed[/] (replicas unreachable?); they are retried in the background"
+        )
+        sys.exit(1)
+    out.print("[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else ""))
+
+
 def main() -> None:
     """Entry point: run the CLI, turn our errors into one line and an exit status."""
     try:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SendBatchCall = Callable[[pb.SendBatchRequest], Awaitable[pb.SendBatchResponse]]
 
+_DENIED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _STATE_FOR = {
     PutOutcome.STORED: ReplicaState.STORED,
     PutOutcome.ALREADY_STORED: ReplicaState.ALREADY_STORED,
@@ -77,7 +78,9 @@ class Batcher:
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             log.debug("event=send.batch_failed replica=%s n=%d code=%s", self.replica, len(batch), code.name)
-            failed = ReplicaOutcome(self.replica, ReplicaState.FAILED, f"{code.name}: {details}")
+            # an auth refusal is final: the outbox must not deliver it later, maybe under another token
+            state = ReplicaState.DENIED if code in _DENIED_CODES else ReplicaState.FAILED
+            failed = ReplicaOutcome(self.replica, state, f"{code.name}: {details}")
             for _, future in batch:
                 _resolve(future, failed)
             return
