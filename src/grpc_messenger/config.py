@@ -36,6 +36,8 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     insecure: bool = False  # allow listening beyond loopback without auth and TLS
+    peer_token: str = ""  # a peer token for calls to peers (repair) when they require auth
+    peer_tls_ca: Path | None = None  # call peers over TLS, trusting this CA
     # limits; 0 = unlimited
     quota_messages_max: int = 1_000_000
     quota_bytes_max: int = 1024 * 1024 * 1024

@@ -18,6 +18,7 @@ from pathlib import Path
 from grpc_messenger.errors import MessengerError
 
 READY_TIMEOUT_S = 30.0
+PEER_TOKEN_FILE = "peer.token"
 STOP_TIMEOUT_S = 15.0
 
 
@@ -124,12 +125,22 @@ def security_args(*, data_dir: Path, host: str, auth: bool, secure: bool) -> tup
         if not (keys_dir / tokens.PUBLIC_KEY_FILE).exists():
             tokens.generate_key_pair(keys_dir)
         args += ["--auth-public-key", str(keys_dir / tokens.PUBLIC_KEY_FILE)]
+        # the replicas repair each other with a peer token, renewed on every start
+        peer_token = tokens.issue(
+            tokens.load_private_key(keys_dir / tokens.PRIVATE_KEY_FILE),
+            subject="local-cluster",
+            role=tokens.Role.PEER,
+            ttl_s=366 * 86400,
+        )
+        tokens.write_private(keys_dir / PEER_TOKEN_FILE, peer_token.encode("ascii"))
+        args += ["--peer-token-file", str(keys_dir / PEER_TOKEN_FILE)]
     if secure:
         paths = tls.dev_cert_paths(data_dir / "tls")
         if not paths.ca_cert.exists():
             hosts = dict.fromkeys([*tls.DEV_HOSTS_DEFAULT, host.strip("[]")])
             tls.make_dev_certs(data_dir / "tls", hosts=tuple(hosts), overwrite=True)
         args += ["--tls-cert", str(paths.server_cert), "--tls-key", str(paths.server_key)]
+        args += ["--peer-tls-ca", str(paths.ca_cert)]
         client_env.append(f"export MESSENGER_TLS_CA={paths.ca_cert}")
     return args, client_env
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,6 +232,19 @@ def cli(
     help="Allow listening beyond loopback without auth and TLS (warns on every start).",
 )
 @click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TOKEN_FILE",
+    help="File holding a peer token (messenger token issue NAME --peer) for repair calls to peers "
+    "[or the token itself in env MESSENGER_PEER_TOKEN].",
+)
+@click.option(
+    "--peer-tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TLS_CA",
+    help="Call peers over TLS, trusting this CA.",
+)
+@click.option(
     "--quota-messages",
     type=click.IntRange(min=0),
     default=1_000_000,
@@ -274,6 +288,8 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     insecure: bool,
+    peer_token_file: Path | None,
+    peer_tls_ca: Path | None,
     quota_messages: int,
     quota_bytes: int,
     send_rate_per_s: float,
@@ -300,6 +316,8 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         insecure=insecure,
+        peer_token=_peer_token(peer_token_file),
+        peer_tls_ca=peer_tls_ca,
         quota_messages_max=quota_messages,
         quota_bytes_max=quota_bytes,
         send_rate_per_s=send_rate_per_s,
@@ -308,6 +326,13 @@ def serve(
         repair_interval_s=repair_interval_s,
     )
     asyncio.run(run_replica(config))
+
+
+def _peer_token(path: Path | None) -> str:
+    # from a file (kept out of `ps` and shell history), else the environment
+    if path is not None:
+        return path.read_text().strip()
+    return os.environ.get("MESSENGER_PEER_TOKEN", "").strip()
 
 
 @cli.command()

@@ -105,7 +105,7 @@ def _certificate(
     now: datetime.datetime,
     is_ca: bool,
     hosts: Sequence[str] = (),
-    usage: x509.ObjectIdentifier | None = None,
+    usages: Sequence[x509.ObjectIdentifier] = (),
 ) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
@@ -128,8 +128,8 @@ def _certificate(
         )  # fmt: skip
     if hosts:
         builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     return builder.sign(signer, hashes.SHA256())
 
 
@@ -158,7 +158,8 @@ def make_dev_certs(directory: Path, *, hosts: Sequence[str] = DEV_HOSTS_DEFAULT,
         now=now,
         is_ca=False,
         hosts=hosts,
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        # client too: in a mutual-TLS cluster replicas present this certificate to their peers
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = _certificate(
@@ -168,7 +169,7 @@ def make_dev_certs(directory: Path, *, hosts: Sequence[str] = DEV_HOSTS_DEFAULT,
         signer=ca_key,
         now=now,
         is_ca=False,
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        usages=(ExtendedKeyUsageOID.CLIENT_AUTH,),
     )
     write_private(paths.ca_key, _key_pem(ca_key))
     write_private(paths.server_key, _key_pem(server_key))

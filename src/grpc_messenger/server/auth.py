@@ -35,6 +35,7 @@ from grpc_messenger.server.limits import RateLimiter
 log = logging.getLogger(__name__)
 
 SERVICE = "/messenger.MessengerService/"
+REPLICA_SERVICE = "/messenger.ReplicaService/"
 RETRY_AFTER_KEY = "retry-after-ms"
 # Services that answer without a token: they reveal nothing of any mailbox.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -65,7 +66,7 @@ def _mailbox(request: pb.FetchRequest | pb.AckRequest | pb.ReceiveRequest) -> li
 
 USER = frozenset({Role.USER})
 ANY_ROLE = frozenset({Role.USER, Role.PEER})
-PEER = frozenset({Role.PEER})  # for replica-to-replica RPCs (repair), when they exist
+PEER = frozenset({Role.PEER})  # replica-to-replica RPCs (repair)
 
 RULES: dict[str, Rule] = {
     SERVICE + "Send": Rule(USER, owned=_sender, send_cost=lambda r: 1),
@@ -75,6 +76,10 @@ RULES: dict[str, Rule] = {
     SERVICE + "ReceiveAll": Rule(USER, owned=_mailbox),
     SERVICE + "Subscribe": Rule(USER, owned=_mailbox),
     SERVICE + "Info": Rule(ANY_ROLE),
+    # replica-to-replica repair: peers only, never a user token
+    REPLICA_SERVICE + "Digests": Rule(PEER),
+    REPLICA_SERVICE + "MailboxKeys": Rule(PEER),
+    REPLICA_SERVICE + "Pull": Rule(PEER),
 }
 
 

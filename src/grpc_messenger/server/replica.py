@@ -21,6 +21,7 @@ from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.security import tls
 from grpc_messenger.security.exposure import check_exposure
+from grpc_messenger.security.peer import ChannelFactory, peer_channel_factory
 from grpc_messenger.security.tokens import TokenVerifier
 from grpc_messenger.server.auth import GuardInterceptor
 from grpc_messenger.server.limits import RateLimiter, request_bytes_max
@@ -79,6 +80,17 @@ def guard_for(config: ServerConfig) -> GuardInterceptor:
     return GuardInterceptor(verifier=verifier, limiter=limiter)
 
 
+def _peer_channels(config: ServerConfig) -> ChannelFactory:
+    # in a mutual-TLS cluster a replica shows its peers its own certificate
+    mtls = config.tls_client_ca is not None
+    return peer_channel_factory(
+        token=config.peer_token,
+        tls_ca=config.peer_tls_ca,
+        client_cert=config.tls_cert if mtls else None,
+        client_key=config.tls_key if mtls else None,
+    )
+
+
 class Replica:
     """A running replica: owns its gRPC server and its store, and stops both."""
 
@@ -114,6 +126,7 @@ class Replica:
                 rate_per_s=config.repair_rate_per_s,
                 timeout_s=10.0,
                 max_body_bytes=config.max_body_bytes,
+                channel_factory=_peer_channels(config),
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
