@@ -204,6 +204,20 @@ def cli(
     show_default=True,
     help="Seconds between repair rounds (jittered).",
 )
+@click.option(
+    "--tombstone-grace",
+    "tombstone_grace_s",
+    type=click.FloatRange(min=1),
+    default=30 * 24 * 3600.0,
+    show_default=True,
+    help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar="MESSENGER_METRICS_LISTEN",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 @click.option(
     "--auth-public-key",
@@ -282,6 +296,8 @@ def serve(
     grace_s: float,
     peers: tuple[str, ...],
     repair_interval_s: float,
+    tombstone_grace_s: float,
+    metrics_listen: str | None,
     ready_file: Path | None,
     auth_public_keys: tuple[Path, ...],
     tls_cert: Path | None,
@@ -324,6 +340,8 @@ def serve(
         send_burst=send_burst,
         peers=peers or servers_from_env("MESSENGER_PEERS"),
         repair_interval_s=repair_interval_s,
+        tombstone_grace_s=tombstone_grace_s,
+        metrics_listen=metrics_listen,
     )
     asyncio.run(run_replica(config))
 

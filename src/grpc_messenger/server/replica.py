@@ -25,6 +25,7 @@ from grpc_messenger.security.peer import ChannelFactory, peer_channel_factory
 from grpc_messenger.security.tokens import TokenVerifier
 from grpc_messenger.server.auth import GuardInterceptor
 from grpc_messenger.server.limits import RateLimiter, request_bytes_max
+from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
 REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 STORE_FILE = "replica.sqlite3"
+PURGE_CHUNK = 10_000
+PURGE_CHUNKS_MAX = 100
+GAUGE_INTERVAL_S = 2.0
 
 
 def open_store(config: ServerConfig) -> Store:
@@ -106,8 +110,11 @@ class Replica:
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
+        self.metrics = ReplicaMetrics()
+        self.metrics_address: str | None = None
         self._server = grpc.aio.server(
-            interceptors=[guard],
+            # metrics outermost: refused calls are counted with their status code
+            interceptors=[MetricsInterceptor(self.metrics), guard],
             options=[
                 # larger frames are refused before they are parsed
                 ("grpc.max_receive_message_length", request_bytes_max(config)),
@@ -115,8 +122,11 @@ class Replica:
                 ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
             ],
         )
-        pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
+        pb_grpc.add_MessengerServiceServicer_to_server(
+            MessengerServicer(self.store, config, self.metrics), self._server
+        )
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
+        self._housekeeper: asyncio.Task[None] | None = None
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -127,6 +137,7 @@ class Replica:
                 timeout_s=10.0,
                 max_body_bytes=config.max_body_bytes,
                 channel_factory=_peer_channels(config),
+                metrics=self.metrics,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -150,10 +161,14 @@ class Replica:
                 raise InvalidInput(f"cannot listen on {address}")
             host = address.rpartition(":")[0]
             self.addresses.append(f"{host}:{port}")
+        if self.config.metrics_listen:
+            host = self.config.metrics_listen.rpartition(":")[0]
+            self.metrics_address = f"{host}:{self.metrics.serve(self.config.metrics_listen)}"
         await self._server.start()
         await self._set_serving(True)
         if self._repairer is not None:
             self._repairer.start()
+        self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
@@ -166,7 +181,32 @@ class Replica:
             self.config.tls_client_ca is not None,
         )
         if self.config.ready_file is not None:
-            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id)
+            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id, self.metrics_address)
+
+    async def _housekeeping(self) -> None:
+        """Refresh the store gauges; forget tombstones older than the grace period, in bounded chunks."""
+        purge_every_s = min(3600.0, max(0.5, self.config.tombstone_grace_s / 10))
+        last_purge = time.monotonic()
+        while True:
+            await asyncio.sleep(min(GAUGE_INTERVAL_S, purge_every_s))
+            try:
+                self.metrics.observe_store(await self.store.counts())
+                if time.monotonic() - last_purge >= purge_every_s:
+                    last_purge = time.monotonic()
+                    await self._purge_tombstones()
+            except StoreError as exc:
+                log.error("event=housekeeping.failed error=%r", str(exc))
+
+    async def _purge_tombstones(self) -> None:
+        cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
+        purged = 0
+        for _ in range(PURGE_CHUNKS_MAX):
+            n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
+            purged += n
+            if n < PURGE_CHUNK:
+                break
+        if purged:
+            log.info("event=tombstones.purged n=%d", purged)
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -179,7 +219,11 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
         await self._server.stop(self.config.grace_s)
+        self.metrics.close()
         await self.store.close()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)
 
@@ -188,10 +232,11 @@ class Replica:
         await self._server.wait_for_termination()
 
 
-def _write_ready_file(path: Path, addresses: list[str], replica_id: str) -> None:
+def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics: str | None) -> None:
     # write then rename, so a reader never sees half a file
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"addresses": addresses, "replica_id": replica_id, "pid": os.getpid()}))
+    ready = {"addresses": addresses, "replica_id": replica_id, "pid": os.getpid(), "metrics": metrics}
+    tmp.write_text(json.dumps(ready))
     tmp.replace(path)
 
 

@@ -24,6 +24,7 @@ from grpc_messenger.model import Message, PutOutcome, validate_address, validate
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.limits import MailboxQuota
+from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.server.subscriptions import PAGE_BYTES_MAX as SUBSCRIBE_PAGE_BYTES_MAX
 from grpc_messenger.server.subscriptions import PAGE_MESSAGES_MAX as SUBSCRIBE_PAGE_MESSAGES_MAX
 from grpc_messenger.server.subscriptions import MailboxSignals, SubscribeLimits
@@ -56,12 +57,24 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class MessengerServicer(pb_grpc.MessengerServiceServicer):
     """Serves one Store over the MessengerService protocol."""
 
-    def __init__(self, store: Store, config: ServerConfig, *, subscribe: SubscribeLimits | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: ServerConfig,
+        metrics: ReplicaMetrics | None = None,
+        *,
+        subscribe: SubscribeLimits | None = None,
+    ) -> None:
         self._store = store
         self._config = config
+        self._metrics = metrics
         self._signals = MailboxSignals(subscribe or SubscribeLimits())
         quota = MailboxQuota(store, messages_max=config.quota_messages_max, bytes_max=config.quota_bytes_max)
         self._quota = quota if quota.enabled else None
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.messages.labels(outcome).inc(n)
 
     def _decode(self, request: pb.SendRequest) -> Message:
         return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
@@ -88,7 +101,9 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         message = self._decode(request)
         (outcome,) = await self._put_within_quota([message])
         if isinstance(outcome, str):
+            self._count("quota_exceeded")
             raise ResourceExhausted(outcome)
+        self._count(outcome.value)
         if outcome is PutOutcome.CONFLICT:
             raise KeyConflict(f"key {message.key} is already stored with different content")
         log.debug("event=send.stored key=%s outcome=%s", message.key, outcome.value)
@@ -115,7 +130,11 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
                 results.append(None)
             except InvalidInput as exc:
                 results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
-        outcomes = iter(await self._put_within_quota(valid))
+        stored = await self._put_within_quota(valid)
+        for outcome in stored:
+            self._count("quota_exceeded" if isinstance(outcome, str) else outcome.value)
+        self._count("rejected", len(results) - len(valid))
+        outcomes = iter(stored)
         messages = iter(valid)
         filled = []
         for result in results:
