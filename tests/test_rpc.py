@@ -222,6 +222,8 @@ def test_any_send_is_stored_exactly_as_sent_or_refused_whole(
         assert refusal.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), refusal.details()
         return
     assert response.success
+    if response.outcome == pb.SEND_OUTCOME_ALREADY_STORED:
+        return  # hypothesis repeated an earlier legacy message, already acked here: its tombstone answers
     stored = [m for m in queued(stub, recipient) if m.key == response.key]
     assert len(stored) == 1
     assert (stored[0].msg, stored[0].self_email, stored[0].dest_email) == (msg, sender, recipient)

@@ -30,6 +30,19 @@ class ServerConfig:
     receive_all_max: int = 10_000
     grace_s: float = 10.0
     ready_file: Path | None = None
+    # security (docs/security.md): auth is on when public keys are given, TLS when cert+key are
+    auth_public_keys: tuple[Path, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False  # allow listening beyond loopback without auth and TLS
+    peer_token: str = ""  # a peer token for calls to peers (repair) when they require auth
+    peer_tls_ca: Path | None = None  # call peers over TLS, trusting this CA
+    # limits; 0 = unlimited
+    quota_messages_max: int = 1_000_000
+    quota_bytes_max: int = 1024 * 1024 * 1024
+    send_rate_per_s: float = 0.0
+    send_burst: int = 0  # 0 = one second's worth of send_rate_per_s (at least 1)
     peers: tuple[str, ...] = ()
     repair_interval_s: float = 5.0
     repair_rate_per_s: float = 5000.0
@@ -57,6 +70,24 @@ class ServerConfig:
             raise InvalidInput("max body size must be between 1 byte and 1 MiB")
         if self.grace_s < 0:
             raise InvalidInput("grace period must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.quota_messages_max < 0 or self.quota_bytes_max < 0:
+            raise InvalidInput("quotas must not be negative (0 = unlimited)")
+        if self.send_rate_per_s < 0 or self.send_burst < 0:
+            raise InvalidInput("send rate and burst must not be negative (0 = unlimited / default)")
+
+    @property
+    def auth(self) -> bool:
+        """True when calls must carry a token."""
+        return bool(self.auth_public_keys)
+
+    @property
+    def tls(self) -> bool:
+        """True when listeners use TLS."""
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +102,12 @@ class ClientConfig:
     page_size: int = 500
     data_dir: Path | None = None
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    # security: a bearer token sent on every call; TLS when `tls` or `tls_ca` is set
+    token: str = ""
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
     # hinted hand-off: retry deliveries a replica missed; report them when expired
     outbox: bool = True
     outbox_expiry_s: float = 7 * 24 * 3600.0
@@ -97,6 +134,22 @@ class ClientConfig:
             raise InvalidInput("outbox expiry must be positive")
         if not 0.01 <= self.outbox_interval_s <= 3600:
             raise InvalidInput("outbox interval must be between 0.01 and 3600 seconds")
+        if not self.token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in self.token):
+            raise InvalidInput("token must be printable ASCII without spaces (paste it without 'Bearer')")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise InvalidInput("a client certificate needs both a certificate and a key file")
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when channels to the replicas use TLS."""
+        return self.tls or self.tls_ca is not None or self.tls_client_cert is not None
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent on every call: `metadata` plus `authorization: Bearer TOKEN` if a token is set."""
+        if not self.token:
+            return self.metadata
+        return (*self.metadata, ("authorization", f"Bearer {self.token}"))
 
 
 def parse_listen(address: str) -> tuple[str, int]:

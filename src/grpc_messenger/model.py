@@ -163,6 +163,7 @@ class ReplicaState(enum.Enum):
     ALREADY_STORED = "already_stored"
     CONFLICT = "conflict"  # the key holds other content there: a client bug
     REJECTED = "rejected"  # the replica found the message invalid
+    DENIED = "denied"  # no or a wrong credential for this sender: retrying the same call cannot help
     FAILED = "failed"  # unreachable, timed out, or another error
     PENDING = "pending"  # no answer yet; delivery goes on in the background
 

@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from grpc_messenger.errors import MessengerError
 
 READY_TIMEOUT_S = 30.0
+PEER_TOKEN_FILE = "peer.token"
 STOP_TIMEOUT_S = 15.0
 
 
@@ -30,10 +31,20 @@ class ReplicaSpec:
     data_dir: Path
     peers: tuple[str, ...] = ()
 
-    def serve_args(self, *, store: str) -> list[str]:
+    def serve_args(self, *, store: str, extra: Sequence[str] = ()) -> list[str]:
         """The `messenger serve` arguments that (re)start this replica."""
         peer_args = [arg for peer in self.peers for arg in ("--peer", peer)]
-        return ["serve", "--listen", self.listen, "--data-dir", str(self.data_dir), "--store", store, *peer_args]
+        return [
+            "serve",
+            "--listen",
+            self.listen,
+            "--data-dir",
+            str(self.data_dir),
+            "--store",
+            store,
+            *peer_args,
+            *extra,
+        ]
 
 
 @dataclass(slots=True)
@@ -73,7 +84,7 @@ def plan(*, replicas: int, host: str, base_port: int, data_dir: Path) -> list[Re
     ]
 
 
-def start(specs: list[ReplicaSpec], *, store: str, log_level: str) -> list[RunningReplica]:
+def start(specs: list[ReplicaSpec], *, store: str, log_level: str, extra: Sequence[str] = ()) -> list[RunningReplica]:
     """Start every replica and wait until each has written its ready file."""
     running: list[RunningReplica] = []
     try:
@@ -81,7 +92,8 @@ def start(specs: list[ReplicaSpec], *, store: str, log_level: str) -> list[Runni
             spec.data_dir.mkdir(parents=True, exist_ok=True)
             ready = spec.data_dir / "ready.json"
             ready.unlink(missing_ok=True)
-            args = [sys.executable, "-m", "grpc_messenger", "--log-level", log_level, *spec.serve_args(store=store)]
+            serve = spec.serve_args(store=store, extra=extra)
+            args = [sys.executable, "-m", "grpc_messenger", "--log-level", log_level, *serve]
             process = subprocess.Popen([*args, "--ready-file", str(ready)], stdin=subprocess.DEVNULL)
             running.append(RunningReplica(spec, process, ready))
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -96,6 +108,41 @@ def start(specs: list[ReplicaSpec], *, store: str, log_level: str) -> list[Runni
         stop(running)
         raise
     return running
+
+
+def security_args(*, data_dir: Path, host: str, auth: bool, secure: bool) -> tuple[list[str], list[str]]:
+    """`messenger serve` flags for a local cluster with auth (and TLS if `secure`), and what clients need.
+
+    The key pair (data_dir/keys) and the dev certificates (data_dir/tls) are made
+    on first start and reused after, so tokens and the CA stay valid across restarts.
+    """
+    from grpc_messenger.security import tls, tokens
+
+    args: list[str] = []
+    client_env: list[str] = []
+    if auth or secure:
+        keys_dir = data_dir / "keys"
+        if not (keys_dir / tokens.PUBLIC_KEY_FILE).exists():
+            tokens.generate_key_pair(keys_dir)
+        args += ["--auth-public-key", str(keys_dir / tokens.PUBLIC_KEY_FILE)]
+        # the replicas repair each other with a peer token, renewed on every start
+        peer_token = tokens.issue(
+            tokens.load_private_key(keys_dir / tokens.PRIVATE_KEY_FILE),
+            subject="local-cluster",
+            role=tokens.Role.PEER,
+            ttl_s=366 * 86400,
+        )
+        tokens.write_private(keys_dir / PEER_TOKEN_FILE, peer_token.encode("ascii"))
+        args += ["--peer-token-file", str(keys_dir / PEER_TOKEN_FILE)]
+    if secure:
+        paths = tls.dev_cert_paths(data_dir / "tls")
+        if not paths.ca_cert.exists():
+            hosts = dict.fromkeys([*tls.DEV_HOSTS_DEFAULT, host.strip("[]")])
+            tls.make_dev_certs(data_dir / "tls", hosts=tuple(hosts), overwrite=True)
+        args += ["--tls-cert", str(paths.server_cert), "--tls-key", str(paths.server_key)]
+        args += ["--peer-tls-ca", str(paths.ca_cert)]
+        client_env.append(f"export MESSENGER_TLS_CA={paths.ca_cert}")
+    return args, client_env
 
 
 def ready_info(replica: RunningReplica) -> dict[str, object]:

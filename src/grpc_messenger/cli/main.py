@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from grpc_messenger._version import __version__
 from grpc_messenger.cli import cluster as local_cluster
-from grpc_messenger.cli import render
+from grpc_messenger.cli import render, security_cmds
 from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.sync import Messenger
@@ -41,6 +42,11 @@ class Globals:
     file: FileSettings
     timeout_s: float | None
     home: Path | None
+    token: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     def client_config(self, *, write_quorum: int | None = None) -> ClientConfig:
         servers = resolve_servers(self.servers, self.file)
@@ -49,6 +55,11 @@ class Globals:
             write_quorum=write_quorum or self.file.write_quorum or 1,
             timeout_s=self.timeout_s or self.file.timeout_s or 5.0,
             data_dir=self.home or self.file.home or default_data_dir(),
+            token=self.token or self.file.token or "",
+            tls=self.tls or bool(self.file.tls),
+            tls_ca=self.tls_ca or self.file.tls_ca,
+            tls_client_cert=self.client_cert or self.file.client_cert,
+            tls_client_key=self.client_key or self.file.client_key,
         )
 
 
@@ -80,6 +91,31 @@ class Globals:
     show_default=True,
     help="Log level (logs go to stderr as key=value events).",
 )
+@click.option(
+    "--token",
+    envvar="MESSENGER_TOKEN",
+    metavar="TOKEN",
+    help="Access token, sent as 'authorization: Bearer TOKEN' [env MESSENGER_TOKEN; config: token].",
+)
+@click.option("--tls", "use_tls", is_flag=True, envvar="MESSENGER_TLS", help="Use TLS, trusting the system CAs.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_TLS_CA",
+    help="Use TLS, trusting this CA (e.g. messenger-data/tls/ca.pem) [env MESSENGER_TLS_CA].",
+)
+@click.option(
+    "--client-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_CLIENT_CERT",
+    help="Client certificate for mutual TLS (with --client-key) [env MESSENGER_CLIENT_CERT].",
+)
+@click.option(
+    "--client-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_CLIENT_KEY",
+    help="Client key for mutual TLS [env MESSENGER_CLIENT_KEY].",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -88,6 +124,11 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str,
+    token: str | None,
+    use_tls: bool,
+    tls_ca: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
 ) -> None:
     """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
     logging.basicConfig(
@@ -97,7 +138,17 @@ def cli(
     )
     logging.getLogger("grpc").setLevel(logging.ERROR)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
-    ctx.obj = Globals(servers=servers, file=file, timeout_s=timeout_s, home=home)
+    ctx.obj = Globals(
+        servers=servers,
+        file=file,
+        timeout_s=timeout_s,
+        home=home,
+        token=token,
+        tls=use_tls,
+        tls_ca=tls_ca,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
     ctx.meta["log_level"] = log_level
 
 
@@ -168,6 +219,73 @@ def cli(
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
+@click.option(
+    "--auth-public-key",
+    "auth_public_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_AUTH_PUBLIC_KEY",
+    help="Require tokens signed by this key (messenger keys init); repeat to rotate keys.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_TLS_CERT",
+    help="TLS certificate (PEM) for every listener, with --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), envvar="MESSENGER_TLS_KEY")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_TLS_CLIENT_CA",
+    help="Mutual TLS: require client certificates signed by this CA.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow listening beyond loopback without auth and TLS (warns on every start).",
+)
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TOKEN_FILE",
+    help="File holding a peer token (messenger token issue NAME --peer) for repair calls to peers "
+    "[or the token itself in env MESSENGER_PEER_TOKEN].",
+)
+@click.option(
+    "--peer-tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TLS_CA",
+    help="Call peers over TLS, trusting this CA.",
+)
+@click.option(
+    "--quota-messages",
+    type=click.IntRange(min=0),
+    default=1_000_000,
+    show_default=True,
+    help="Most messages queued per mailbox (0 = unlimited).",
+)
+@click.option(
+    "--quota-bytes",
+    type=click.IntRange(min=0),
+    default=1024**3,
+    show_default=True,
+    help="Most body bytes queued per mailbox (0 = unlimited).",
+)
+@click.option(
+    "--send-rate",
+    "send_rate_per_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Messages per second each identity (client host without auth) may send (0 = unlimited).",
+)
+@click.option(
+    "--send-burst",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Token-bucket size for --send-rate [default: one second of --send-rate].",
+)
 def serve(
     listen: tuple[str, ...],
     ip: str | None,
@@ -181,6 +299,17 @@ def serve(
     tombstone_grace_s: float,
     metrics_listen: str | None,
     ready_file: Path | None,
+    auth_public_keys: tuple[Path, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    insecure: bool,
+    peer_token_file: Path | None,
+    peer_tls_ca: Path | None,
+    quota_messages: int,
+    quota_bytes: int,
+    send_rate_per_s: float,
+    send_burst: int,
 ) -> None:
     """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
     from grpc_messenger.server.replica import run_replica
@@ -198,12 +327,30 @@ def serve(
         max_body_bytes=max_body_bytes,
         grace_s=grace_s,
         ready_file=ready_file,
+        auth_public_keys=auth_public_keys,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        insecure=insecure,
+        peer_token=_peer_token(peer_token_file),
+        peer_tls_ca=peer_tls_ca,
+        quota_messages_max=quota_messages,
+        quota_bytes_max=quota_bytes,
+        send_rate_per_s=send_rate_per_s,
+        send_burst=send_burst,
         peers=peers or servers_from_env("MESSENGER_PEERS"),
         repair_interval_s=repair_interval_s,
         tombstone_grace_s=tombstone_grace_s,
         metrics_listen=metrics_listen,
     )
     asyncio.run(run_replica(config))
+
+
+def _peer_token(path: Path | None) -> str:
+    # from a file (kept out of `ps` and shell history), else the environment
+    if path is not None:
+        return path.read_text().strip()
+    return os.environ.get("MESSENGER_PEER_TOKEN", "").strip()
 
 
 @cli.command()
@@ -224,22 +371,33 @@ def serve(
     help="One sub-directory per replica.",
 )
 @click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.option("--auth", is_flag=True, help="Require tokens (key pair under DATA_DIR/keys, made on first start).")
+@click.option("--secure", is_flag=True, help="Require tokens and use TLS (dev CA under DATA_DIR/tls).")
 @click.pass_context
-def cluster(ctx: click.Context, replicas: int, host: str, base_port: int, data_dir: Path, store: str) -> None:
+def cluster(
+    ctx: click.Context, replicas: int, host: str, base_port: int, data_dir: Path, store: str, auth: bool, secure: bool
+) -> None:
     """Start a local cluster of N replicas; Ctrl-C stops them all cleanly."""
     specs = local_cluster.plan(replicas=replicas, host=host, base_port=base_port, data_dir=data_dir)
-    running = local_cluster.start(specs, store=store, log_level=ctx.meta["log_level"])
+    extra, client_env = local_cluster.security_args(data_dir=data_dir, host=host, auth=auth, secure=secure)
+    running = local_cluster.start(specs, store=store, log_level=ctx.meta["log_level"], extra=extra)
     servers = ",".join(replica.address for replica in running)
-    out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir})")
+    mode = "auth + TLS" if secure else "auth" if auth else "no auth, no TLS"
+    out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir}, {mode})")
     for replica in running:
         info = local_cluster.ready_info(replica)
         out.print(f"  {replica.spec.name}  {replica.address}  pid {replica.process.pid}  id {info['replica_id']}")
     default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
     out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
+    for line in client_env:
+        out.print(f"         {line}")
+    if auth or secure:
+        keys = data_dir / "keys" / "signing.key"
+        out.print(f"         export MESSENGER_TOKEN=$(messenger token issue you@example.org --key {keys})")
     out.print("Ctrl-C stops every replica.")
 
     def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
-        args = replica.spec.serve_args(store=store)
+        args = replica.spec.serve_args(store=store, extra=extra)
         args[args.index("--listen") + 1] = replica.address
         restart = " ".join(["messenger", *args])
         err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
@@ -332,6 +490,11 @@ def status(g: Globals, as_json: bool) -> None:
         render.print_status(out, statuses)
     if not any(s.reachable for s in statuses):
         sys.exit(1)
+
+
+cli.add_command(security_cmds.keys)
+cli.add_command(security_cmds.token)
+cli.add_command(security_cmds.certs)
 
 
 @cli.group(invoke_without_command=True)

@@ -28,6 +28,14 @@ class FileSettings:
     write_quorum: int | None = None
     timeout_s: float | None = None
     home: Path | None = None
+    token: str | None = None
+    tls: bool | None = None
+    tls_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+_PATH_KEYS = ("tls_ca", "client_cert", "client_key")
 
 
 def load_file(path: Path, *, required: bool) -> FileSettings:
@@ -40,7 +48,7 @@ def load_file(path: Path, *, required: bool) -> FileSettings:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"config file {path}: {exc}") from exc
-    unknown = set(data) - {"servers", "write_quorum", "timeout_s", "home"}
+    unknown = set(data) - {"servers", "write_quorum", "timeout_s", "home", "token", "tls", *_PATH_KEYS}
     if unknown:
         raise InvalidInput(f"config file {path}: unknown keys {', '.join(sorted(unknown))}")
     servers = data.get("servers")
@@ -57,11 +65,29 @@ def load_file(path: Path, *, required: bool) -> FileSettings:
     home = data.get("home")
     if home is not None and not isinstance(home, str):
         raise InvalidInput(f"config file {path}: home must be a path")
+    token = data.get("token")
+    if token is not None and not isinstance(token, str):
+        raise InvalidInput(f"config file {path}: token must be a string")
+    use_tls = data.get("tls")
+    if use_tls is not None and not isinstance(use_tls, bool):
+        raise InvalidInput(f"config file {path}: tls must be true or false")
+    paths: dict[str, Path | None] = {}
+    for name in _PATH_KEYS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"config file {path}: {name} must be a path")
+        # relative paths are relative to the config file, not to where the command runs
+        paths[name] = (path.parent / Path(value).expanduser()) if value else None
     return FileSettings(
         servers=tuple(servers) if servers is not None else None,
         write_quorum=quorum,
         timeout_s=float(timeout) if timeout is not None else None,
         home=Path(home).expanduser() if home else None,
+        token=token,
+        tls=use_tls,
+        tls_ca=paths["tls_ca"],
+        client_cert=paths["client_cert"],
+        client_key=paths["client_key"],
     )
 
 

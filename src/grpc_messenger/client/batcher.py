@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SendBatchCall = Callable[[pb.SendBatchRequest], Awaitable[pb.SendBatchResponse]]
 
+_DENIED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _STATE_FOR = {
     PutOutcome.STORED: ReplicaState.STORED,
     PutOutcome.ALREADY_STORED: ReplicaState.ALREADY_STORED,
@@ -77,7 +78,9 @@ class Batcher:
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             log.debug("event=send.batch_failed replica=%s n=%d code=%s", self.replica, len(batch), code.name)
-            failed = ReplicaOutcome(self.replica, ReplicaState.FAILED, f"{code.name}: {details}")
+            # an auth refusal is final: the outbox must not deliver it later, maybe under another token
+            state = ReplicaState.DENIED if code in _DENIED_CODES else ReplicaState.FAILED
+            failed = ReplicaOutcome(self.replica, state, f"{code.name}: {details}")
             for _, future in batch:
                 _resolve(future, failed)
             return
@@ -113,6 +116,9 @@ def _outcome(replica: str, message: Message, result: pb.SendResult) -> ReplicaOu
     outcome = wire.outcome_from_pb(result.outcome)
     if result.key and result.key != message.key:
         return ReplicaOutcome(replica, ReplicaState.FAILED, "replica answered for a different key")
+    if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
+        # the mailbox is full for now: retryable, unlike a rejection
+        return ReplicaOutcome(replica, ReplicaState.FAILED, f"RESOURCE_EXHAUSTED: {result.error}")
     if outcome is PutOutcome.CONFLICT:
         return ReplicaOutcome(replica, ReplicaState.CONFLICT, f"key {message.key} holds other content")
     if outcome is None:

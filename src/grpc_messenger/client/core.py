@@ -29,7 +29,14 @@ from grpc_messenger.client.batcher import Batcher, SendBatchCall
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
-from grpc_messenger.errors import InvalidInput, KeyConflict, QuorumNotReached, Unavailable, from_rpc_error
+from grpc_messenger.errors import (
+    InvalidInput,
+    KeyConflict,
+    QuorumNotReached,
+    Unavailable,
+    from_rpc_error,
+    from_status,
+)
 from grpc_messenger.model import (
     Draft,
     Message,
@@ -44,6 +51,7 @@ from grpc_messenger.model import (
 )
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.security import tls
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +108,18 @@ class AsyncMessenger:
         """Open one channel per replica (lazily connected; never blocks)."""
         if self._links:
             return
+        credentials = (
+            tls.channel_credentials(
+                ca=self.config.tls_ca, cert=self.config.tls_client_cert, key=self.config.tls_client_key
+            )
+            if self.config.uses_tls
+            else None
+        )
         for address in self.config.servers:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
             stub = pb_grpc.MessengerServiceStub(channel)
             batcher = Batcher(
                 replica=address,
@@ -121,7 +139,7 @@ class AsyncMessenger:
         return call
 
     def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.config.timeout_s, "metadata": self.config.metadata or None}
+        return {"timeout": self.config.timeout_s, "metadata": self.config.call_metadata or None}
 
     def _data_dir(self) -> Path:
         return self.config.data_dir or default_data_dir()
@@ -487,6 +505,10 @@ def _raise_for(report: SendReport) -> None:
     rejected = [r for r in report.replicas if r.state is ReplicaState.REJECTED]
     if rejected and len(rejected) == len(report.replicas):
         raise InvalidInput(rejected[0].error)
+    denied = [r for r in report.replicas if r.state is ReplicaState.DENIED]
+    if denied and len(denied) == len(report.replicas):
+        code_name, _, details = denied[0].error.partition(": ")
+        raise from_status(grpc.StatusCode[code_name], details)
     detail = "; ".join(f"{r.replica}: {r.state.value} {r.error}".strip() for r in report.replicas)
     raise QuorumNotReached(
         f"stored on {report.acknowledged} of {len(report.replicas)} replicas, needed {report.write_quorum}: {detail}",

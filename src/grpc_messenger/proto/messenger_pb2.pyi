@@ -40,6 +40,10 @@ class _SendOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendOutco
     """This key is stored with different content: a client bug, nothing changed."""
     SEND_OUTCOME_REJECTED: _SendOutcome.ValueType  # 4
     """The message is invalid; nothing stored. `error` says why."""
+    SEND_OUTCOME_QUOTA_EXCEEDED: _SendOutcome.ValueType  # 5
+    """The recipient's mailbox is full (quota); nothing stored. Retry after the reader
+    has fetched and acked. `error` says which limit.
+    """
 
 class SendOutcome(_SendOutcome, metaclass=_SendOutcomeEnumTypeWrapper): ...
 
@@ -52,6 +56,10 @@ SEND_OUTCOME_CONFLICT: SendOutcome.ValueType  # 3
 """This key is stored with different content: a client bug, nothing changed."""
 SEND_OUTCOME_REJECTED: SendOutcome.ValueType  # 4
 """The message is invalid; nothing stored. `error` says why."""
+SEND_OUTCOME_QUOTA_EXCEEDED: SendOutcome.ValueType  # 5
+"""The recipient's mailbox is full (quota); nothing stored. Retry after the reader
+has fetched and acked. `error` says which limit.
+"""
 Global___SendOutcome: _TypeAlias = SendOutcome  # noqa: Y015
 
 @_typing.final
@@ -327,6 +335,29 @@ class AckResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AckResponse: _TypeAlias = AckResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELF_EMAIL_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    self_email: _builtins.str
+    after_seq: _builtins.int
+    """Start after this replica-local position (0 = everything queued)."""
+    def __init__(
+        self,
+        *,
+        self_email: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "self_email", b"self_email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class InfoRequest(_message.Message):

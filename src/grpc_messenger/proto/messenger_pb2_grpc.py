@@ -64,6 +64,11 @@ class MessengerServiceStub:
                 request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.InfoRequest.SerializeToString,
                 response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/messenger.MessengerService/Subscribe',
+                request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.FromString,
+                _registered_method=True)
 
 
 class MessengerServiceServicer:
@@ -114,6 +119,16 @@ class MessengerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """Push: the pages Fetch would return from after_seq on, then each new message of
+        the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
+        empty page is a heartbeat. The replica ends the stream after a while, or if the
+        client stops reading; resume with the last next_after_seq.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessengerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +161,11 @@ def add_MessengerServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.InfoRequest.FromString,
                     response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.InfoResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.FromString,
+                    response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +330,33 @@ class MessengerService:
             '/messenger.MessengerService/Info',
             grpc__messenger_dot_proto_dot_messenger__pb2.InfoRequest.SerializeToString,
             grpc__messenger_dot_proto_dot_messenger__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/messenger.MessengerService/Subscribe',
+            grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.SerializeToString,
+            grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,12 @@ class MessengerServiceStub:
     """
     Info: _grpc.UnaryUnaryMultiCallable[_messenger_pb2.InfoRequest, _messenger_pb2.InfoResponse]
     """Identity and counters of this replica."""
+    Subscribe: _grpc.UnaryStreamMultiCallable[_messenger_pb2.SubscribeRequest, _messenger_pb2.FetchResponse]
+    """Push: the pages Fetch would return from after_seq on, then each new message of
+    the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
+    empty page is a heartbeat. The replica ends the stream after a while, or if the
+    client stops reading; resume with the last next_after_seq.
+    """
 
 @_typing.type_check_only
 class MessengerServiceAsyncStub(MessengerServiceStub):
@@ -77,6 +83,12 @@ class MessengerServiceAsyncStub(MessengerServiceStub):
     """
     Info: _aio.UnaryUnaryMultiCallable[_messenger_pb2.InfoRequest, _messenger_pb2.InfoResponse]  # type: ignore[assignment]
     """Identity and counters of this replica."""
+    Subscribe: _aio.UnaryStreamMultiCallable[_messenger_pb2.SubscribeRequest, _messenger_pb2.FetchResponse]  # type: ignore[assignment]
+    """Push: the pages Fetch would return from after_seq on, then each new message of
+    the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
+    empty page is a heartbeat. The replica ends the stream after a while, or if the
+    client stops reading; resume with the last next_after_seq.
+    """
 
 class MessengerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,6 +144,18 @@ class MessengerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messenger_pb2.InfoResponse, _abc.Awaitable[_messenger_pb2.InfoResponse]]:
         """Identity and counters of this replica."""
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _messenger_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messenger_pb2.FetchResponse], _abc.AsyncIterator[_messenger_pb2.FetchResponse]]:
+        """Push: the pages Fetch would return from after_seq on, then each new message of
+        the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
+        empty page is a heartbeat. The replica ends the stream after a while, or if the
+        client stops reading; resume with the last next_after_seq.
+        """
 
 def add_MessengerServiceServicer_to_server(servicer: MessengerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -18,6 +19,12 @@ from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.security import tls
+from grpc_messenger.security.exposure import check_exposure
+from grpc_messenger.security.peer import ChannelFactory, peer_channel_factory
+from grpc_messenger.security.tokens import TokenVerifier
+from grpc_messenger.server.auth import GuardInterceptor
+from grpc_messenger.server.limits import RateLimiter, request_bytes_max
 from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
@@ -67,20 +74,50 @@ def set_aside(path: Path) -> Path:
     return target
 
 
+def guard_for(config: ServerConfig) -> GuardInterceptor:
+    """The interceptor enforcing auth and the send rate (each only if configured) and decodable requests."""
+    verifier = TokenVerifier.from_files(config.auth_public_keys) if config.auth else None
+    limiter = None
+    if config.send_rate_per_s > 0:
+        burst = config.send_burst or max(1, math.ceil(config.send_rate_per_s))
+        limiter = RateLimiter(rate_per_s=config.send_rate_per_s, burst=burst)
+    return GuardInterceptor(verifier=verifier, limiter=limiter)
+
+
+def _peer_channels(config: ServerConfig) -> ChannelFactory:
+    # in a mutual-TLS cluster a replica shows its peers its own certificate
+    mtls = config.tls_client_ca is not None
+    return peer_channel_factory(
+        token=config.peer_token,
+        tls_ca=config.peer_tls_ca,
+        client_cert=config.tls_cert if mtls else None,
+        client_key=config.tls_key if mtls else None,
+    )
+
+
 class Replica:
     """A running replica: owns its gRPC server and its store, and stops both."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # read keys and certificates before opening anything: a typo fails fast
+        guard = guard_for(config)
+        self._credentials = (
+            tls.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+            if config.tls_cert is not None and config.tls_key is not None
+            else None
+        )
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self.metrics = ReplicaMetrics()
         self.metrics_address: str | None = None
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)],
+            # metrics outermost: refused calls are counted with their status code
+            interceptors=[MetricsInterceptor(self.metrics), guard],
             options=[
-                ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+                # larger frames are refused before they are parsed
+                ("grpc.max_receive_message_length", request_bytes_max(config)),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
             ],
@@ -100,6 +137,7 @@ class Replica:
                 timeout_s=10.0,
                 max_body_bytes=config.max_body_bytes,
                 tombstone_grace_s=config.tombstone_grace_s,
+                channel_factory=_peer_channels(config),
                 metrics=self.metrics,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -116,7 +154,10 @@ class Replica:
     async def start(self) -> None:
         """Bind every listen address, start serving, mark healthy, write the ready file."""
         for address in self.config.listen:
-            port = self._server.add_insecure_port(address)
+            if self._credentials is not None:
+                port = self._server.add_secure_port(address, self._credentials)
+            else:
+                port = self._server.add_insecure_port(address)
             if port == 0:
                 raise InvalidInput(f"cannot listen on {address}")
             host = address.rpartition(":")[0]
@@ -130,12 +171,15 @@ class Replica:
             self._repairer.start()
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
         log.info(
-            "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d",
+            "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
             self.store.kind,
             ",".join(self.addresses),
             ",".join(self.config.peers) or "-",
             os.getpid(),
+            self.config.auth,
+            self.config.tls,
+            self.config.tls_client_ca is not None,
         )
         if self.config.ready_file is not None:
             _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id, self.metrics_address)
@@ -199,6 +243,9 @@ def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics
 
 async def run_replica(config: ServerConfig) -> None:
     """Run one replica until SIGTERM or SIGINT, then drain and stop."""
+    warning = check_exposure(config)  # raises if exposed without auth+TLS and not forced
+    if warning is not None:
+        log.warning("event=replica.insecure %s", warning)
     replica = Replica(config)
     await replica.start()
     stop = asyncio.Event()

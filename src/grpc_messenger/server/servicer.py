@@ -7,8 +7,10 @@ traceback on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,11 +19,15 @@ import grpc
 from grpc_messenger import wire
 from grpc_messenger._version import __version__
 from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
-from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError
+from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError, ResourceExhausted
 from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.limits import MailboxQuota
 from grpc_messenger.server.metrics import ReplicaMetrics
+from grpc_messenger.server.subscriptions import PAGE_BYTES_MAX as SUBSCRIBE_PAGE_BYTES_MAX
+from grpc_messenger.server.subscriptions import PAGE_MESSAGES_MAX as SUBSCRIBE_PAGE_MESSAGES_MAX
+from grpc_messenger.server.subscriptions import MailboxSignals, SubscribeLimits
 from grpc_messenger.store.base import FETCH_LIMIT_MAX, Store
 
 log = logging.getLogger(__name__)
@@ -51,10 +57,20 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class MessengerServicer(pb_grpc.MessengerServiceServicer):
     """Serves one Store over the MessengerService protocol."""
 
-    def __init__(self, store: Store, config: ServerConfig, metrics: ReplicaMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: ServerConfig,
+        metrics: ReplicaMetrics | None = None,
+        *,
+        subscribe: SubscribeLimits | None = None,
+    ) -> None:
         self._store = store
         self._config = config
         self._metrics = metrics
+        self._signals = MailboxSignals(subscribe or SubscribeLimits())
+        quota = MailboxQuota(store, messages_max=config.quota_messages_max, bytes_max=config.quota_bytes_max)
+        self._quota = quota if quota.enabled else None
 
     def _count(self, outcome: str, n: int = 1) -> None:
         if self._metrics is not None:
@@ -63,10 +79,30 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     def _decode(self, request: pb.SendRequest) -> Message:
         return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
 
+    async def _put_within_quota(self, messages: list[Message]) -> list[PutOutcome | str]:
+        """Store what fits the recipients' quotas; per message its outcome, or why it did not fit."""
+        if self._quota is None:
+            verdicts: list[str | None] = [None] * len(messages)
+            admitted = messages
+            stored = await self._store.put_many(messages) if messages else []
+        else:
+            verdicts = await self._quota.admit(messages)
+            admitted = [m for m, why in zip(messages, verdicts, strict=True) if why is None]
+            try:
+                stored = await self._store.put_many(admitted) if admitted else []
+            finally:
+                self._quota.settle(admitted)
+        self._signals.notify(m.recipient for m, o in zip(admitted, stored, strict=True) if o is PutOutcome.STORED)
+        outcomes = iter(stored)
+        return [next(outcomes) if why is None else why for why in verdicts]
+
     @guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         message = self._decode(request)
-        (outcome,) = await self._store.put_many([message])
+        (outcome,) = await self._put_within_quota([message])
+        if isinstance(outcome, str):
+            self._count("quota_exceeded")
+            raise ResourceExhausted(outcome)
         self._count(outcome.value)
         if outcome is PutOutcome.CONFLICT:
             raise KeyConflict(f"key {message.key} is already stored with different content")
@@ -94,9 +130,9 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
                 results.append(None)
             except InvalidInput as exc:
                 results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
-        stored = await self._store.put_many(valid) if valid else []
+        stored = await self._put_within_quota(valid)
         for outcome in stored:
-            self._count(outcome.value)
+            self._count("quota_exceeded" if isinstance(outcome, str) else outcome.value)
         self._count("rejected", len(results) - len(valid))
         outcomes = iter(stored)
         messages = iter(valid)
@@ -104,7 +140,10 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         for result in results:
             if result is None:
                 message, outcome = next(messages), next(outcomes)
-                result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
+                if isinstance(outcome, str):
+                    result = pb.SendResult(key=message.key, outcome=pb.SEND_OUTCOME_QUOTA_EXCEEDED, error=outcome)
+                else:
+                    result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
             filled.append(result)
         return pb.SendBatchResponse(results=filled)
 
@@ -140,6 +179,62 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         # Bounded so the answer fits one frame; what is left stays queued for the next call.
         taken = await self._store.take(mailbox, limit=self._config.receive_all_max, max_bytes=PAGE_BYTES_MAX)
         return pb.InboxResponse(messages=[wire.message_to_pb(m) for m in taken])
+
+    # Written with context.write rather than as a generator, so a write can time out.
+    async def Subscribe(  # type: ignore[override]
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Pages of the mailbox from after_seq on, then new messages as they arrive (see the proto)."""
+        try:
+            mailbox = validate_address(request.self_email, what="mailbox address")
+            if request.after_seq < 0:
+                raise InvalidInput("after_seq must not be negative")
+            with self._signals.listen(mailbox) as wake:
+                await self._stream(mailbox, request.after_seq, wake, context)
+        except MessengerError as exc:
+            await context.abort(exc.code, str(exc))
+        except TimeoutError:
+            log.info("event=subscribe.slow_client_dropped")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream dropped: the client did not read in time")
+        except Exception:
+            log.exception("event=rpc.internal_error method=Subscribe")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in replica; see its log")
+
+    async def _stream(
+        self, mailbox: str, after_seq: int, wake: asyncio.Event, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        limits = self._signals.limits
+        ends_at = time.monotonic() + limits.lifetime_s
+        first = True  # the first page is always sent, even empty: "you are subscribed"
+        # bounded: one page or one heartbeat per round, and the lifetime caps the rounds' total time
+        while (left_s := ends_at - time.monotonic()) > 0:
+            wake.clear()  # before the read: a put landing during it wakes the next wait
+            page = await self._store.fetch(
+                mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, max_bytes=SUBSCRIBE_PAGE_BYTES_MAX
+            )
+            if page.messages or page.next_after_seq != after_seq or first:
+                first = False
+                after_seq = page.next_after_seq
+                await self._write(context, page.messages, after_seq, page.more)
+                if page.more:
+                    continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=min(limits.heartbeat_s, left_s))
+            except TimeoutError:
+                await self._write(context, (), after_seq, False)  # heartbeat
+
+    async def _write(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        messages: tuple[Message, ...],
+        next_after_seq: int,
+        more: bool,
+    ) -> None:
+        response = pb.FetchResponse(
+            messages=[wire.message_to_pb(m) for m in messages], next_after_seq=next_after_seq, more=more
+        )
+        # a client that stops reading must not hold its slot (and this page) forever
+        await asyncio.wait_for(context.write(response), timeout=self._signals.limits.write_timeout_s)
 
     @guarded
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:

@@ -29,6 +29,14 @@ class FetchPage:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxUsage:
+    """What one mailbox holds now, for quotas: queued messages and their body bytes (UTF-8)."""
+
+    messages: int
+    body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     """Sizes of a store, for Info and metrics."""
 
@@ -117,6 +125,9 @@ class Store(Protocol):
     async def counts(self) -> StoreCounts:
         """Current sizes."""
         ...
+
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        """Queued messages and body bytes of each mailbox (committed writes only)."""
 
     async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
         """Digests of the mailboxes after `after_mailbox` (and up to `until_mailbox`), sorted (repair)."""

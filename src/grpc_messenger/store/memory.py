@@ -12,6 +12,7 @@ from grpc_messenger.store.base import (
     FetchPage,
     KeyState,
     MailboxDigest,
+    MailboxUsage,
     StoreCounts,
     decide,
     key_hash,
@@ -28,6 +29,8 @@ class MemoryStore:
         self._queued: dict[str, dict[str, tuple[int, Message]]] = {}
         # mailbox -> key -> (digest, deleted_unix_ms)
         self._tombstones: dict[str, dict[str, tuple[str, int]]] = {}
+        # mailbox -> body bytes queued (for quotas; the message count is len(box))
+        self._body_bytes: dict[str, int] = {}
 
     @property
     def kind(self) -> str:
@@ -50,6 +53,7 @@ class MemoryStore:
             if outcome is None:
                 self._seq += 1
                 box[message.key] = (self._seq, message)
+                self._body_bytes[message.recipient] = self._body_bytes.get(message.recipient, 0) + _size(message)
                 outcome = PutOutcome.STORED
             outcomes.append(outcome)
         return outcomes
@@ -83,6 +87,7 @@ class MemoryStore:
             entry = box.pop(key, None)
             if entry is not None:
                 deleted += 1
+                self._body_bytes[mailbox] -= _size(entry[1])
             digest, earlier_ms = tombs.get(key, (entry[1].digest if entry else UNKNOWN_DIGEST, deleted_ms))
             tombs[key] = (digest, min(earlier_ms, deleted_ms))
         return deleted
@@ -112,6 +117,12 @@ class MemoryStore:
             mailboxes=sum(1 for b in self._queued.values() if b),
             tombstones=sum(len(t) for t in self._tombstones.values()),
         )
+
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        return {
+            mailbox: MailboxUsage(len(self._queued.get(mailbox, {})), self._body_bytes.get(mailbox, 0))
+            for mailbox in mailboxes
+        }
 
     async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
         names = sorted(
@@ -151,3 +162,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def _size(message: Message) -> int:
+    return len(message.body.encode("utf-8", "surrogatepass"))

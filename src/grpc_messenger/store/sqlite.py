@@ -34,6 +34,7 @@ from grpc_messenger.store.base import (
     FetchPage,
     KeyState,
     MailboxDigest,
+    MailboxUsage,
     StoreCounts,
     decide,
     key_hash,
@@ -68,6 +69,23 @@ CREATE TABLE IF NOT EXISTS tombstones (
     deleted_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (mailbox, msg_key)
 ) WITHOUT ROWID;
+-- per-mailbox totals for quotas, kept exact by triggers inside every write transaction
+CREATE TABLE IF NOT EXISTS mailbox_usage (
+    mailbox TEXT PRIMARY KEY,
+    messages INTEGER NOT NULL,
+    body_bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS mailbox_usage_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_usage (mailbox, messages, body_bytes)
+    VALUES (new.mailbox, 1, length(CAST(new.body AS BLOB)))
+    ON CONFLICT (mailbox) DO UPDATE SET
+        messages = messages + 1, body_bytes = body_bytes + length(CAST(new.body AS BLOB));
+END;
+CREATE TRIGGER IF NOT EXISTS mailbox_usage_delete AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_usage SET messages = messages - 1, body_bytes = body_bytes - length(CAST(old.body AS BLOB))
+    WHERE mailbox = old.mailbox;
+    DELETE FROM mailbox_usage WHERE mailbox = old.mailbox AND messages <= 0;
+END;
 -- Repair fingerprints: XOR of key_hash() over each mailbox's queued keys and
 -- tombstones, kept exact by triggers inside every write transaction.
 CREATE TABLE IF NOT EXISTS mailbox_digest (
@@ -99,6 +117,11 @@ CREATE TRIGGER IF NOT EXISTS digest_tombstone_in AFTER INSERT ON tombstones BEGI
     ON CONFLICT (mailbox) DO UPDATE SET digest = xor62(digest, key_hash(new.mailbox, 't', new.msg_key)),
         tombstones = tombstones + 1;
 END;
+"""
+# Stores created before mailbox_usage existed get it filled once.
+_USAGE_BACKFILL = """
+INSERT INTO mailbox_usage (mailbox, messages, body_bytes)
+SELECT mailbox, count(*), sum(length(CAST(body AS BLOB))) FROM messages GROUP BY mailbox
 """
 
 _COLUMNS = "seq, msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest"
@@ -155,6 +178,7 @@ class SqliteStore:
             self._check_integrity(self._writer_conn)
             self._writer_conn.executescript(_SCHEMA)
             self._replica_id = self._load_identity(self._writer_conn)
+            self._backfill_usage(self._writer_conn)
             self._reader_conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -188,6 +212,16 @@ class SqliteStore:
             )
         row = conn.execute("SELECT value FROM meta WHERE name = 'replica_id'").fetchone()
         return str(row[0])
+
+    @staticmethod
+    def _backfill_usage(conn: sqlite3.Connection) -> None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            done = conn.execute("SELECT 1 FROM meta WHERE name = 'mailbox_usage'").fetchone()
+            if done is None:
+                conn.execute("DELETE FROM mailbox_usage")
+                conn.execute(_USAGE_BACKFILL)
+                conn.execute("INSERT INTO meta (name, value) VALUES ('mailbox_usage', '1')")
 
     # --- the writer thread -------------------------------------------------
 
@@ -264,6 +298,10 @@ class SqliteStore:
 
     async def counts(self) -> StoreCounts:
         return await self._read(_counts)
+
+    async def usage(self, mailboxes: Sequence[str]) -> dict[str, MailboxUsage]:
+        names = list(dict.fromkeys(mailboxes))
+        return await self._read(lambda conn: _usage(conn, names))
 
     async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
         return await self._read(lambda conn: _digests(conn, after_mailbox, until_mailbox, limit))
@@ -407,6 +445,14 @@ def _counts(conn: sqlite3.Connection) -> StoreCounts:
     messages, mailboxes = conn.execute("SELECT count(*), count(DISTINCT mailbox) FROM messages").fetchone()
     (tombstones,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
     return StoreCounts(messages=messages, mailboxes=mailboxes, tombstones=tombstones)
+
+
+def _usage(conn: sqlite3.Connection, mailboxes: list[str]) -> dict[str, MailboxUsage]:
+    found = {}
+    for mailbox in mailboxes:
+        row = conn.execute("SELECT messages, body_bytes FROM mailbox_usage WHERE mailbox = ?", (mailbox,)).fetchone()
+        found[mailbox] = MailboxUsage(messages=row[0], body_bytes=row[1]) if row else MailboxUsage(0, 0)
+    return found
 
 
 def _digests(conn: sqlite3.Connection, after: str, until: str | None, limit: int) -> list[MailboxDigest]:

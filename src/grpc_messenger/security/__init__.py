@@ -1,0 +1,1 @@
+"""Identity (signed tokens), transport security (TLS), and exposure rules."""
