@@ -125,8 +125,15 @@ class ReplicaFactory:
         self.started.append(replica)
         return replica.start()
 
-    def cluster(self, n: int = 3, *, store: str = "sqlite") -> Cluster:
-        return Cluster([self.replica(store=store) for _ in range(n)])
+    def cluster(self, n: int = 3, *, store: str = "sqlite", repair_interval_s: float | None = None) -> Cluster:
+        """N replicas; with `repair_interval_s`, each repairs with the others (restarted once to learn ports)."""
+        cluster = Cluster([self.replica(store=store) for _ in range(n)])
+        if repair_interval_s is not None:
+            for replica in cluster.replicas:
+                peers = [arg for other in cluster.replicas if other is not replica for arg in ("--peer", other.address)]
+                replica.extra_args = (*peers, "--repair-interval", str(repair_interval_s))
+                replica.restart()
+        return cluster
 
     def teardown(self) -> None:
         for replica in self.started:

@@ -199,3 +199,17 @@ def test_help_lists_every_command() -> None:
     assert done.returncode == 0
     for command in ("cluster", "serve", "send", "inbox", "status"):
         assert command in done.stdout
+
+
+def test_status_says_whether_replicas_agree(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(2)
+    assert "in sync" in messenger("status", servers=cluster.servers).stdout
+    cluster.replicas[1].kill()
+    messenger("--timeout", "2", "send", "--from", "a@example.org", "--to", "b@example.org", "only on one",
+              servers=cluster.servers, home=client_home)  # fmt: skip
+    cluster.replicas[1].start()
+    status = messenger("status", servers=cluster.servers)
+    assert "replicas differ" in status.stdout
+    assert "queued counts differ by up to 1" in status.stdout
+    rows = json.loads(messenger("status", "--json", servers=cluster.servers).stdout)
+    assert rows[0]["state_digest"] != rows[1]["state_digest"]

@@ -42,8 +42,7 @@ def test_original_fields_and_rpcs_are_unchanged() -> None:
     for message, expected in seed.items():
         for number, shape in expected.items():
             assert fields[message][number] == shape, (message, number)
-    (service,) = file.service
-    assert service.name == "MessengerService"
+    (service,) = [s for s in file.service if s.name == "MessengerService"]
     methods = {m.name: (m.input_type, m.output_type, m.server_streaming) for m in service.method}
     assert methods["Send"] == (".messenger.SendRequest", ".messenger.SendResponse", False)
     assert methods["ReceiveAll"] == (".messenger.ReceiveRequest", ".messenger.InboxResponse", False)

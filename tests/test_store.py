@@ -204,3 +204,39 @@ def test_closed_store_refuses_work(tmp_path: Path) -> None:
     run(store.close())
     with pytest.raises(StoreError):
         run(store.put_many([message()]))
+
+
+def test_digests_match_between_stores_with_the_same_keys(tmp_path: Path) -> None:
+    """SQLite keeps digests with triggers, memory computes them: both must agree exactly."""
+    sqlite_store, memory_store = SqliteStore(tmp_path / "s.sqlite3"), MemoryStore()
+    try:
+        batch = [message(f"m{i}", recipient=f"box{i % 3}@example.org") for i in range(30)]
+        for store in (sqlite_store, memory_store):
+            run(store.put_many(batch))
+            run(store.ack("box0@example.org", [m.key for m in batch[:6]]))
+            run(store.ack("box1@example.org", ["never-held-key"]))
+        left = run(sqlite_store.digests(after_mailbox="", limit=100))
+        right = run(memory_store.digests(after_mailbox="", limit=100))
+        assert left == right
+        assert [d.mailbox for d in left] == ["box0@example.org", "box1@example.org", "box2@example.org"]
+        assert run(sqlite_store.state_digest()) == run(memory_store.state_digest()) != 0
+        # one more ack on one side only: that mailbox, and only it, differs
+        run(sqlite_store.ack("box2@example.org", [batch[2].key]))
+        changed = run(sqlite_store.digests(after_mailbox="", limit=100))
+        assert [a == b for a, b in zip(changed, right, strict=True)] == [True, True, False]
+    finally:
+        run(sqlite_store.close())
+
+
+def test_key_states_list_queued_and_tombstoned_keys_in_order(make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    batch = [message(f"k{i}", key=f"key-{i:02d}") for i in range(10)]
+    run(store.put_many(batch))
+    run(store.ack(BOB, ["key-03", "key-07"]))
+    first = run(store.key_states(BOB, after_key="", limit=4))
+    rest = run(store.key_states(BOB, after_key=first[-1][0], limit=100))
+    states = first + rest
+    assert [k for k, _ in states] == [f"key-{i:02d}" for i in range(10)]
+    assert {k for k, tomb in states if tomb} == {"key-03", "key-07"}
+    queued = run(store.get_queued(BOB, ["key-01", "key-03", "missing"]))
+    assert [m.key for m in queued] == ["key-01"]

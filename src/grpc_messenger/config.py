@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +30,21 @@ class ServerConfig:
     receive_all_max: int = 10_000
     grace_s: float = 10.0
     ready_file: Path | None = None
+    peers: tuple[str, ...] = ()
+    repair_interval_s: float = 5.0
+    repair_rate_per_s: float = 5000.0
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise InvalidInput("at least one --listen address is needed")
-        for address in self.listen:
+        for address in (*self.listen, *self.peers):
             parse_listen(address)
+        if len(set(self.peers)) != len(self.peers):
+            raise InvalidInput("peer addresses must be distinct")
+        if not 0.05 <= self.repair_interval_s <= 3600:
+            raise InvalidInput("repair interval must be between 0.05 and 3600 seconds")
+        if self.repair_rate_per_s <= 0:
+            raise InvalidInput("repair rate must be positive")
         if self.store not in ("sqlite", "memory"):
             raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
         if not 1 <= self.max_body_bytes <= 1024 * 1024:
@@ -55,6 +65,10 @@ class ClientConfig:
     page_size: int = 500
     data_dir: Path | None = None
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    # hinted hand-off: retry deliveries a replica missed; report them when expired
+    outbox: bool = True
+    outbox_expiry_s: float = 7 * 24 * 3600.0
+    outbox_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -73,6 +87,10 @@ class ClientConfig:
             raise InvalidInput("batch size must be between 1 and 1000")
         if not 1 <= self.page_size <= 1000:
             raise InvalidInput("page size must be between 1 and 1000")
+        if self.outbox_expiry_s <= 0:
+            raise InvalidInput("outbox expiry must be positive")
+        if not 0.01 <= self.outbox_interval_s <= 3600:
+            raise InvalidInput("outbox interval must be between 0.01 and 3600 seconds")
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -94,3 +112,9 @@ def servers_from_text(text: str) -> tuple[str, ...]:
     if not servers:
         raise InvalidInput("replica list is empty")
     return servers
+
+
+def servers_from_env(name: str) -> tuple[str, ...]:
+    """A replica list from an environment variable; empty if unset or blank."""
+    text = os.environ.get(name, "")
+    return servers_from_text(text) if text.strip() else ()

@@ -236,5 +236,6 @@ class ReplicaStatus:
     messages: int = 0
     mailboxes: int = 0
     tombstones: int = 0
+    state_digest: int = 0
     latency_ms: float = 0.0
     error: str = ""

@@ -28,10 +28,12 @@ class ReplicaSpec:
     name: str
     listen: str
     data_dir: Path
+    peers: tuple[str, ...] = ()
 
     def serve_args(self, *, store: str) -> list[str]:
         """The `messenger serve` arguments that (re)start this replica."""
-        return ["serve", "--listen", self.listen, "--data-dir", str(self.data_dir), "--store", store]
+        peer_args = [arg for peer in self.peers for arg in ("--peer", peer)]
+        return ["serve", "--listen", self.listen, "--data-dir", str(self.data_dir), "--store", store, *peer_args]
 
 
 @dataclass(slots=True)
@@ -55,12 +57,17 @@ def plan(*, replicas: int, host: str, base_port: int, data_dir: Path) -> list[Re
     if not 0 <= base_port <= 65535 - replicas:
         raise MessengerError(f"base port {base_port} leaves no room for {replicas} replicas")
     listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    # base port 0: every replica takes any free port (tests, several clusters on one
+    # host); their addresses are unknown up front, so they start without repair peers
+    listens = [f"{listen_host}:{base_port + i if base_port else 0}" for i in range(replicas)]
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else listen_host
+    connects = [f"{connect_host}:{base_port + i}" for i in range(replicas)] if base_port else []
     return [
         ReplicaSpec(
             name=f"replica-{i + 1}",
-            # base port 0: every replica takes any free port (tests, several clusters on one host)
-            listen=f"{listen_host}:{base_port + i if base_port else 0}",
+            listen=listens[i],
             data_dir=data_dir / f"replica-{i + 1}",
+            peers=tuple(c for j, c in enumerate(connects) if j != i),
         )
         for i in range(replicas)
     ]

@@ -23,7 +23,7 @@ from grpc_messenger.cli import render
 from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.sync import Messenger
-from grpc_messenger.config import ClientConfig, ServerConfig
+from grpc_messenger.config import ClientConfig, ServerConfig, servers_from_env
 from grpc_messenger.errors import InvalidInput, MessengerError
 from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
 
@@ -138,6 +138,21 @@ def cli(
     show_default=True,
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Another replica to repair with (anti-entropy); repeat for each [env MESSENGER_PEERS, comma-separated].",
+)
+@click.option(
+    "--repair-interval",
+    "repair_interval_s",
+    type=click.FloatRange(0.05, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between repair rounds (jittered).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 def serve(
     listen: tuple[str, ...],
@@ -147,6 +162,8 @@ def serve(
     store: str,
     max_body_bytes: int,
     grace_s: float,
+    peers: tuple[str, ...],
+    repair_interval_s: float,
     ready_file: Path | None,
 ) -> None:
     """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
@@ -165,6 +182,8 @@ def serve(
         max_body_bytes=max_body_bytes,
         grace_s=grace_s,
         ready_file=ready_file,
+        peers=peers or servers_from_env("MESSENGER_PEERS"),
+        repair_interval_s=repair_interval_s,
     )
     asyncio.run(run_replica(config))
 
@@ -295,6 +314,41 @@ def status(g: Globals, as_json: bool) -> None:
         render.print_status(out, statuses)
     if not any(s.reachable for s in statuses):
         sys.exit(1)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.pass_context
+def outbox(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Show deliveries the replicas are still owed (hinted hand-off); `outbox flush` pushes them now."""
+    if ctx.invoked_subcommand is not None:
+        return
+    g: Globals = ctx.obj
+    with Messenger(g.client_config()) as messenger:
+        counts = messenger.outbox_owed()
+        owed = messenger.outbox_listing(limit=limit)
+    if as_json:
+        click.echo(
+            render.to_json({"owed": counts[0], "expired": counts[1], "deliveries": [render.owed_dict(d) for d in owed]})
+        )
+    else:
+        render.print_outbox(out, owed, counts)
+
+
+@outbox.command("flush")
+@click.pass_obj
+def outbox_flush(g: Globals) -> None:
+    """Try every owed delivery now; exit 1 if some replica still lacks a message."""
+    with Messenger(g.client_config()) as messenger:
+        remaining = messenger.flush_outbox()
+        _, expired = messenger.outbox_owed()
+    if remaining:
+        err.print(
+            f"[yellow]{remaining} deliveries still owed[/] (replicas unreachable?); they are retried in the background"
+        )
+        sys.exit(1)
+    out.print("[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else ""))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from grpc_messenger.client.outbox import OwedDelivery
 from grpc_messenger.model import Message, ReadReport, ReplicaState, ReplicaStatus, SendReport
 
 _STATE_STYLE = {
@@ -95,6 +96,7 @@ def read_report_dict(report: ReadReport) -> dict[str, Any]:
 def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
     """A row per replica (ids and versions are in --json)."""
     table = Table()
+    digests = {s.state_digest for s in statuses if s.reachable}
     for column in ("replica", "up", "health", "store", "messages", "mailboxes", "rtt"):
         table.add_column(
             column, no_wrap=True, justify="right" if column in ("messages", "mailboxes", "rtt") else "left"
@@ -113,11 +115,58 @@ def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
             f"{s.latency_ms:.1f} ms",
         )
     console.print(table)
+    reachable = [s for s in statuses if s.reachable]
+    if len(reachable) > 1:
+        console.print(agreement_line(reachable, digests))
     for s in statuses:
         if s.error:
             console.print(f"[red]{s.address}[/]: {escape(s.error)}")
 
 
+def agreement_line(reachable: list[ReplicaStatus], digests: set[int]) -> str:
+    """Whether the reachable replicas hold the same messages and tombstones, and how far apart."""
+    if len(digests) == 1:
+        return f"[green]in sync[/]: the {len(reachable)} reachable replicas hold the same messages and tombstones"
+    spread_m = max(s.messages for s in reachable) - min(s.messages for s in reachable)
+    spread_t = max(s.tombstones for s in reachable) - min(s.tombstones for s in reachable)
+    return (
+        f"[yellow]replicas differ[/] ({len(digests)} distinct states; queued counts differ by up to {spread_m}, "
+        f"tombstones by up to {spread_t}); repair (--peer) and the senders' outboxes converge them"
+    )
+
+
 def status_dict(statuses: list[ReplicaStatus]) -> list[dict[str, Any]]:
     """Statuses as plain JSON values."""
     return [asdict(s) for s in statuses]
+
+
+def owed_dict(owed: OwedDelivery) -> dict[str, Any]:
+    """An owed delivery as plain JSON values."""
+    return {
+        "key": owed.message.key,
+        "to": owed.message.recipient,
+        "replica": owed.replica,
+        "attempts": owed.attempts,
+        "first_owed_unix_ms": owed.first_owed_ms,
+        "next_due_unix_ms": owed.next_due_ms,
+        "last_error": owed.last_error,
+        "expired": owed.expired,
+    }
+
+
+def print_outbox(console: Console, owed: list[OwedDelivery], counts: tuple[int, int]) -> None:
+    """What the replicas are still owed, and what expired unreplicated."""
+    pending, expired = counts
+    if not owed:
+        console.print("[green]outbox empty[/]: every replica has every message sent from here")
+        return
+    table = Table()
+    for column in ("key", "to", "replica", "tries", "state", "last error"):
+        table.add_column(column, overflow="fold")
+    for d in owed:
+        state = "[red]expired[/]" if d.expired else "[yellow]owed[/]"
+        table.add_row(
+            d.message.key, escape(d.message.recipient), d.replica, str(d.attempts), state, escape(d.last_error)
+        )
+    console.print(table)
+    console.print(f"{pending} deliveries owed, {expired} expired (under-replicated)")

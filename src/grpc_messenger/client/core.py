@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_messenger import wire
 from grpc_messenger.client.batcher import Batcher, SendBatchCall
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
+from grpc_messenger.client.outbox import Outbox, OwedDelivery
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
 from grpc_messenger.errors import InvalidInput, KeyConflict, QuorumNotReached, Unavailable, from_rpc_error
 from grpc_messenger.model import (
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 # A read stops after this many pages per replica per call (1000 x 1000 messages);
 # what is left is read by the next call. Every loop has a bound.
 PAGES_PER_READ_MAX = 1000
+# One outbox flush sends at most this many rounds of owed batches.
+OUTBOX_ROUNDS_MAX = 1000
+OUTBOX_FLUSH_MAX = 100_000
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
@@ -74,6 +82,10 @@ class AsyncMessenger:
         self._inbox = inbox
         self._links: list[_Link] = []
         self._closed = False
+        self._outbox: Outbox | None = None
+        self._owed_buffer: list[tuple[Message, str, str]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._outbox_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncMessenger:
         self.connect()
@@ -98,6 +110,9 @@ class AsyncMessenger:
                 batch_messages_max=self.config.batch_messages_max,
             )
             self._links.append(_Link(address, channel, stub, health_pb2_grpc.HealthStub(channel), batcher))
+        if self.config.outbox:
+            self._outbox = Outbox.in_dir(self._data_dir())
+            self._outbox_task = asyncio.get_running_loop().create_task(self._outbox_loop(), name="outbox")
 
     def _batch_call(self, stub: pb_grpc.MessengerServiceAsyncStub) -> SendBatchCall:
         async def call(request: pb.SendBatchRequest) -> pb.SendBatchResponse:
@@ -108,11 +123,14 @@ class AsyncMessenger:
     def _call_options(self) -> dict[str, Any]:
         return {"timeout": self.config.timeout_s, "metadata": self.config.metadata or None}
 
+    def _data_dir(self) -> Path:
+        return self.config.data_dir or default_data_dir()
+
     @property
     def inbox(self) -> LocalInbox:
         """The local inbox (opened on first use under the data directory)."""
         if self._inbox is None:
-            self._inbox = LocalInbox.in_dir(self.config.data_dir or default_data_dir())
+            self._inbox = LocalInbox.in_dir(self._data_dir())
         return self._inbox
 
     async def close(self, *, grace_s: float | None = None) -> None:
@@ -128,7 +146,15 @@ class AsyncMessenger:
         except TimeoutError:
             for link in self._links:
                 link.batcher.cancel()
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
+            await asyncio.gather(self._outbox_task, return_exceptions=True)
+        # what failed meanwhile must reach the disk before we go
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._persist_owed()
         await asyncio.gather(*(link.channel.close() for link in self._links))
+        if self._outbox is not None:
+            self._outbox.close()
         if self._inbox is not None:
             self._inbox.close()
 
@@ -178,6 +204,9 @@ class AsyncMessenger:
     async def _deliver(self, message: Message, *, settle: bool = False) -> SendReport:
         self._require_open()
         futures = [link.batcher.submit(message) for link in self._links]
+        if self._outbox is not None:
+            for future in futures:
+                future.add_done_callback(partial(self._note_outcome, message))
         quorum = self.config.write_quorum
         wait_for = len(futures) if settle else quorum
         acknowledged = 0
@@ -192,6 +221,117 @@ class AsyncMessenger:
         report = SendReport(key=message.key, write_quorum=quorum, replicas=outcomes)
         log.debug("event=send.reported key=%s acked=%d", message.key, report.acknowledged)
         return report
+
+    # --- outbox (hinted hand-off) ---------------------------------------------
+
+    def _note_outcome(self, message: Message, future: asyncio.Future[ReplicaOutcome]) -> None:
+        """A replica answered (or gave up) for `message`: owe it there if it failed."""
+        outcome = future.result()
+        if outcome.state in (ReplicaState.FAILED, ReplicaState.PENDING):
+            self._owed_buffer.append((message, outcome.replica, outcome.error))
+            if len(self._owed_buffer) == 1 and not self._closed:
+                task = asyncio.get_running_loop().create_task(self._persist_owed_soon())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        elif not outcome.state.acknowledged:
+            log.warning(
+                "event=send.refused replica=%s key=%s state=%s", outcome.replica, message.key, outcome.state.value
+            )
+
+    async def _persist_owed_soon(self) -> None:
+        await asyncio.sleep(0.01)  # gather the failures of one failed batch into one transaction
+        await self._persist_owed()
+
+    async def _persist_owed(self) -> None:
+        owed, self._owed_buffer = self._owed_buffer, []
+        if owed and self._outbox is not None:
+            await asyncio.to_thread(self._outbox.owe, owed)
+            log.info("event=outbox.owed n=%d", len(owed))
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            try:
+                await self._retry_owed(all_pending=False)
+            except Exception:
+                log.exception("event=outbox.retry_failed")
+            await asyncio.sleep(self.config.outbox_interval_s * (0.5 + random.random()))
+
+    async def _retry_owed(self, *, all_pending: bool) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        expired = await asyncio.to_thread(outbox.expire, expiry_s=self.config.outbox_expiry_s)
+        if expired:
+            log.warning("event=outbox.expired n=%d", expired)
+        # a flush tries each owed delivery once; the background loop goes on while
+        # full rounds succeed (draining a long outage fast) and otherwise waits
+        limit = OUTBOX_FLUSH_MAX if all_pending else self.config.batch_messages_max * 4
+        links = {link.address: link for link in self._links}
+        for _ in range(OUTBOX_ROUNDS_MAX):
+            due = await asyncio.to_thread(outbox.due, limit=limit, all_pending=all_pending)
+            by_replica: dict[str, list[OwedDelivery]] = defaultdict(list)
+            for delivery in due:
+                by_replica[delivery.replica].append(delivery)
+            delivered = await asyncio.gather(
+                *(self._redeliver(links.get(r), r, items) for r, items in by_replica.items())
+            )
+            if all_pending or len(due) < limit or sum(delivered) < len(due):
+                return
+
+    async def _redeliver(self, link: _Link | None, replica: str, owed: list[OwedDelivery]) -> int:
+        """Send owed messages to one replica; return how many it now has."""
+        outbox = self._outbox
+        assert outbox is not None
+        if link is None:  # the replica is no longer configured here: keep it owed for a client that has it
+            await asyncio.to_thread(outbox.retry_later, owed, error="replica not configured in this client")
+            return 0
+        done = 0
+        size = self.config.batch_messages_max
+        for start in range(0, len(owed), size):
+            chunk = owed[start : start + size]
+            try:
+                response = await link.stub.SendBatch(
+                    wire.batch_request(d.message for d in chunk), **self._call_options()
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                await asyncio.to_thread(outbox.retry_later, chunk, error=f"{error.code.name}: {error}")
+                continue
+            if len(response.results) != len(chunk):
+                await asyncio.to_thread(outbox.retry_later, chunk, error="replica answered a different count")
+                continue
+            # stored, already stored, conflict or rejected: nothing more to deliver there
+            delivered = [(d.message.key, d.message.recipient, replica) for d in chunk]
+            await asyncio.to_thread(outbox.paid, delivered)
+            done += len(chunk)
+            log.info("event=outbox.delivered replica=%s n=%d", replica, len(chunk))
+        return done
+
+    async def flush_outbox(self) -> int:
+        """Try every owed delivery now (ignoring backoff); return how many are still owed."""
+        self._require_open()
+        if self._outbox is None:
+            return 0
+        await self._persist_owed()
+        await self._retry_owed(all_pending=True)
+        owed, _ = await asyncio.to_thread(self._outbox.counts)
+        return owed
+
+    async def outbox_owed(self) -> tuple[int, int]:
+        """(deliveries still owed, deliveries expired and reported as under-replicated)."""
+        self._require_open()
+        if self._outbox is None:
+            return (0, 0)
+        await self._persist_owed()
+        return await asyncio.to_thread(self._outbox.counts)
+
+    async def outbox_listing(self, *, limit: int = 1000) -> list[OwedDelivery]:
+        """Owed and expired deliveries, oldest first."""
+        self._require_open()
+        if self._outbox is None:
+            return []
+        await self._persist_owed()
+        outbox = self._outbox
+        return await asyncio.to_thread(lambda: outbox.listing(limit=limit))
 
     # --- reads --------------------------------------------------------------
 
@@ -316,6 +456,7 @@ class AsyncMessenger:
             messages=info.messages,
             mailboxes=info.mailboxes,
             tombstones=info.tombstones,
+            state_digest=info.state_digest,
             latency_ms=latency_ms,
         )
 

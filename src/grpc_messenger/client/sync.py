@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.client.outbox import OwedDelivery
 from grpc_messenger.config import ClientConfig
 from grpc_messenger.model import Draft, ReadReport, ReplicaStatus, SendReport
 
@@ -68,6 +69,18 @@ class Messenger:
     def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
         """See AsyncMessenger.ack."""
         return self._run(self._core.ack(address, keys))
+
+    def flush_outbox(self) -> int:
+        """See AsyncMessenger.flush_outbox."""
+        return self._run(self._core.flush_outbox())
+
+    def outbox_owed(self) -> tuple[int, int]:
+        """See AsyncMessenger.outbox_owed."""
+        return self._run(self._core.outbox_owed())
+
+    def outbox_listing(self, *, limit: int = 1000) -> list[OwedDelivery]:
+        """See AsyncMessenger.outbox_listing."""
+        return self._run(self._core.outbox_listing(limit=limit))
 
     def status(self) -> list[ReplicaStatus]:
         """See AsyncMessenger.status."""

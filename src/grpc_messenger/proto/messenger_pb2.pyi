@@ -353,12 +353,17 @@ class InfoResponse(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     MAILBOXES_FIELD_NUMBER: _builtins.int
     TOMBSTONES_FIELD_NUMBER: _builtins.int
+    STATE_DIGEST_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     version: _builtins.str
     store: _builtins.str
     messages: _builtins.int
     mailboxes: _builtins.int
     tombstones: _builtins.int
+    state_digest: _builtins.int
+    """XOR of every mailbox digest (see MailboxDigest): equal on two replicas that
+    hold the same queued keys and tombstones.
+    """
     def __init__(
         self,
         *,
@@ -368,11 +373,204 @@ class InfoResponse(_message.Message):
         messages: _builtins.int = ...,
         mailboxes: _builtins.int = ...,
         tombstones: _builtins.int = ...,
+        state_digest: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailboxes", b"mailboxes", "messages", b"messages", "replica_id", b"replica_id", "store", b"store", "tombstones", b"tombstones", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailboxes", b"mailboxes", "messages", b"messages", "replica_id", b"replica_id", "state_digest", b"state_digest", "store", b"store", "tombstones", b"tombstones", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015
+
+@_typing.final
+class DigestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_MAILBOX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_mailbox: _builtins.str
+    """Mailboxes sorted by address; resume after this one ("" = from the start)."""
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        after_mailbox: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_mailbox", b"after_mailbox", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestsRequest: _TypeAlias = DigestsRequest  # noqa: Y015
+
+@_typing.final
+class MailboxDigest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TOMBSTONES_FIELD_NUMBER: _builtins.int
+    mailbox: _builtins.str
+    digest: _builtins.int
+    """XOR of a 62-bit hash per queued key and per tombstone of the mailbox."""
+    messages: _builtins.int
+    tombstones: _builtins.int
+    def __init__(
+        self,
+        *,
+        mailbox: _builtins.str = ...,
+        digest: _builtins.int = ...,
+        messages: _builtins.int = ...,
+        tombstones: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "mailbox", b"mailbox", "messages", b"messages", "tombstones", b"tombstones"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MailboxDigest: _TypeAlias = MailboxDigest  # noqa: Y015
+
+@_typing.final
+class DigestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAILBOXES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    @_builtins.property
+    def mailboxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MailboxDigest]: ...
+    def __init__(
+        self,
+        *,
+        mailboxes: _abc.Iterable[Global___MailboxDigest] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailboxes", b"mailboxes", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestsResponse: _TypeAlias = DigestsResponse  # noqa: Y015
+
+@_typing.final
+class MailboxKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    mailbox: _builtins.str
+    after_key: _builtins.str
+    """Keys sorted; resume after this one ("" = from the start)."""
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        mailbox: _builtins.str = ...,
+        after_key: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "limit", b"limit", "mailbox", b"mailbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MailboxKeysRequest: _TypeAlias = MailboxKeysRequest  # noqa: Y015
+
+@_typing.final
+class KeyState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TOMBSTONE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    tombstone: _builtins.bool
+    """acked (deleted) rather than queued"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        tombstone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "tombstone", b"tombstone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyState: _TypeAlias = KeyState  # noqa: Y015
+
+@_typing.final
+class MailboxKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyState]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___KeyState] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MailboxKeysResponse: _TypeAlias = MailboxKeysResponse  # noqa: Y015
+
+@_typing.final
+class PullRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    mailbox: _builtins.str
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        mailbox: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "mailbox", b"mailbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullRequest: _TypeAlias = PullRequest  # noqa: Y015
+
+@_typing.final
+class PullResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendRequest]:
+        """The queued messages among the requested keys (acked or unknown keys are left out)."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___SendRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullResponse: _TypeAlias = PullResponse  # noqa: Y015

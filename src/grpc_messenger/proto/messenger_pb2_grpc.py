@@ -319,3 +319,173 @@ class MessengerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReplicaServiceStub:
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Digests = channel.unary_unary(
+                '/messenger.ReplicaService/Digests',
+                request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.DigestsRequest.SerializeToString,
+                response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.DigestsResponse.FromString,
+                _registered_method=True)
+        self.MailboxKeys = channel.unary_unary(
+                '/messenger.ReplicaService/MailboxKeys',
+                request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysRequest.SerializeToString,
+                response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysResponse.FromString,
+                _registered_method=True)
+        self.Pull = channel.unary_unary(
+                '/messenger.ReplicaService/Pull',
+                request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.PullRequest.SerializeToString,
+                response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.PullResponse.FromString,
+                _registered_method=True)
+
+
+class ReplicaServiceServicer:
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    def Digests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MailboxKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicaServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Digests': grpc.unary_unary_rpc_method_handler(
+                    servicer.Digests,
+                    request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.DigestsRequest.FromString,
+                    response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.DigestsResponse.SerializeToString,
+            ),
+            'MailboxKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.MailboxKeys,
+                    request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysRequest.FromString,
+                    response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysResponse.SerializeToString,
+            ),
+            'Pull': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.PullRequest.FromString,
+                    response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.PullResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'messenger.ReplicaService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('messenger.ReplicaService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReplicaService:
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    @staticmethod
+    def Digests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/messenger.ReplicaService/Digests',
+            grpc__messenger_dot_proto_dot_messenger__pb2.DigestsRequest.SerializeToString,
+            grpc__messenger_dot_proto_dot_messenger__pb2.DigestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MailboxKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/messenger.ReplicaService/MailboxKeys',
+            grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysRequest.SerializeToString,
+            grpc__messenger_dot_proto_dot_messenger__pb2.MailboxKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/messenger.ReplicaService/Pull',
+            grpc__messenger_dot_proto_dot_messenger__pb2.PullRequest.SerializeToString,
+            grpc__messenger_dot_proto_dot_messenger__pb2.PullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -134,3 +134,61 @@ class MessengerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Identity and counters of this replica."""
 
 def add_MessengerServiceServicer_to_server(servicer: MessengerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ReplicaServiceStub:
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReplicaServiceAsyncStub: ...
+    Digests: _grpc.UnaryUnaryMultiCallable[_messenger_pb2.DigestsRequest, _messenger_pb2.DigestsResponse]
+    MailboxKeys: _grpc.UnaryUnaryMultiCallable[_messenger_pb2.MailboxKeysRequest, _messenger_pb2.MailboxKeysResponse]
+    Pull: _grpc.UnaryUnaryMultiCallable[_messenger_pb2.PullRequest, _messenger_pb2.PullResponse]
+
+@_typing.type_check_only
+class ReplicaServiceAsyncStub(ReplicaServiceStub):
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Digests: _aio.UnaryUnaryMultiCallable[_messenger_pb2.DigestsRequest, _messenger_pb2.DigestsResponse]  # type: ignore[assignment]
+    MailboxKeys: _aio.UnaryUnaryMultiCallable[_messenger_pb2.MailboxKeysRequest, _messenger_pb2.MailboxKeysResponse]  # type: ignore[assignment]
+    Pull: _aio.UnaryUnaryMultiCallable[_messenger_pb2.PullRequest, _messenger_pb2.PullResponse]  # type: ignore[assignment]
+
+class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Replica-to-replica repair (anti-entropy). Each replica pulls from its peers
+    what it lacks: first the digests of all mailboxes, then the keys of the
+    mailboxes that differ, then the messages it does not hold. Only tombstones
+    delete; a key missing on one side is never taken as a deletion.
+    """
+
+    @_abc_1.abstractmethod
+    def Digests(
+        self,
+        request: _messenger_pb2.DigestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messenger_pb2.DigestsResponse, _abc.Awaitable[_messenger_pb2.DigestsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MailboxKeys(
+        self,
+        request: _messenger_pb2.MailboxKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messenger_pb2.MailboxKeysResponse, _abc.Awaitable[_messenger_pb2.MailboxKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Pull(
+        self,
+        request: _messenger_pb2.PullRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messenger_pb2.PullResponse, _abc.Awaitable[_messenger_pb2.PullResponse]]: ...
+
+def add_ReplicaServiceServicer_to_server(servicer: ReplicaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

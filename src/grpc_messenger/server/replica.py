@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -14,24 +15,52 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
-from grpc_messenger.errors import InvalidInput
+from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.peer_servicer import ReplicaServicer
+from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.store import MemoryStore, SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
+REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 STORE_FILE = "replica.sqlite3"
 
 
 def open_store(config: ServerConfig) -> Store:
-    """The store the config asks for (SQLite files live under data_dir)."""
+    """The store the config asks for (SQLite files live under data_dir).
+
+    A damaged SQLite file is set aside (renamed, never deleted) and the replica
+    starts empty, to be rebuilt by repair, but only when it has peers to rebuild
+    from; alone, it refuses to start, so nobody mistakes an empty store for a
+    healthy one.
+    """
     if config.store == "memory":
         return MemoryStore()
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(config.data_dir / STORE_FILE)
+    path = config.data_dir / STORE_FILE
+    try:
+        return SqliteStore(path)
+    except StoreError as exc:
+        if not config.peers:
+            raise StoreError(f"{exc}; move the file away to start empty, or give --peer to rebuild from peers") from exc
+        aside = set_aside(path)
+        log.error("event=store.set_aside reason=%r moved_to=%s", str(exc), aside)
+        return SqliteStore(path)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged store and its WAL files out of the way; return the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(target.with_name(target.name + suffix))
+    return target
 
 
 class Replica:
@@ -50,9 +79,25 @@ class Replica:
             ]
         )
         pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
+        pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
+        self._repairer: Repairer | None = None
+        if config.peers:
+            self._repairer = Repairer(
+                self.store,
+                config.peers,
+                interval_s=config.repair_interval_s,
+                rate_per_s=config.repair_rate_per_s,
+                timeout_s=10.0,
+                max_body_bytes=config.max_body_bytes,
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                REPLICA_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
 
@@ -66,11 +111,14 @@ class Replica:
             self.addresses.append(f"{host}:{port}")
         await self._server.start()
         await self._set_serving(True)
+        if self._repairer is not None:
+            self._repairer.start()
         log.info(
-            "event=replica.started replica=%s store=%s addresses=%s pid=%d",
+            "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d",
             self.store.replica_id,
             self.store.kind,
             ",".join(self.addresses),
+            ",".join(self.config.peers) or "-",
             os.getpid(),
         )
         if self.config.ready_file is not None:
@@ -85,6 +133,8 @@ class Replica:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
         log.info("event=replica.draining grace_s=%.1f", self.config.grace_s)
         await self._set_serving(False)
+        if self._repairer is not None:
+            await self._repairer.stop()
         await self._server.stop(self.config.grace_s)
         await self.store.close()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)

@@ -1,6 +1,6 @@
 """The MessengerService handlers: decode, validate, call the store, encode.
 
-Handlers stay thin. Every error leaves through `_guarded`, which turns our
+Handlers stay thin. Every error leaves through `guarded`, which turns our
 errors into status codes and anything unexpected into INTERNAL without a
 traceback on the wire.
 """
@@ -30,7 +30,9 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-def _guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Answer our errors with their status code and anything else with INTERNAL."""
+
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
@@ -55,7 +57,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     def _decode(self, request: pb.SendRequest) -> Message:
         return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
 
-    @_guarded
+    @guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         message = self._decode(request)
         (outcome,) = await self._store.put_many([message])
@@ -69,7 +71,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             key=message.key,
         )
 
-    @_guarded
+    @guarded
     async def SendBatch(
         self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SendBatchResponse:
@@ -95,7 +97,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             filled.append(result)
         return pb.SendBatchResponse(results=filled)
 
-    @_guarded
+    @guarded
     async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchResponse:
         mailbox = validate_address(request.self_email, what="mailbox address")
         if request.after_seq < 0:
@@ -110,7 +112,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             more=page.more,
         )
 
-    @_guarded
+    @guarded
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AckResponse:
         mailbox = validate_address(request.self_email, what="mailbox address")
         if len(request.keys) > self._config.ack_keys_max:
@@ -119,7 +121,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         deleted = await self._store.ack(mailbox, keys)
         return pb.AckResponse(deleted=deleted)
 
-    @_guarded
+    @guarded
     async def ReceiveAll(
         self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InboxResponse:
@@ -128,7 +130,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         taken = await self._store.take(mailbox, limit=self._config.receive_all_max, max_bytes=PAGE_BYTES_MAX)
         return pb.InboxResponse(messages=[wire.message_to_pb(m) for m in taken])
 
-    @_guarded
+    @guarded
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:
         counts = await self._store.counts()
         return pb.InfoResponse(
@@ -138,4 +140,5 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             messages=counts.messages,
             mailboxes=counts.mailboxes,
             tombstones=counts.tombstones,
+            state_digest=await self._store.state_digest(),
         )

@@ -7,6 +7,7 @@ reports as stored are durable.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,27 @@ class StoreCounts:
     messages: int
     mailboxes: int
     tombstones: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxDigest:
+    """A mailbox's fingerprint for repair: equal digests mean equal key sets."""
+
+    mailbox: str
+    digest: int
+    messages: int
+    tombstones: int
+
+
+def key_hash(mailbox: str, kind: str, key: str) -> int:
+    """62-bit hash of one queued key ("m") or tombstone ("t") of a mailbox.
+
+    A mailbox digest is the XOR of these, so it is kept up to date in O(1) per
+    write, and two replicas compare a mailbox in one integer. 62 bits keep every
+    XOR a non-negative SQLite integer.
+    """
+    data = f"{mailbox}\0{kind}\0{key}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") >> 2
 
 
 def decide(*, new_digest: str, stored_digest: str | None, tombstone_digest: str | None) -> PutOutcome | None:
@@ -85,6 +107,22 @@ class Store(Protocol):
 
     async def counts(self) -> StoreCounts:
         """Current sizes."""
+        ...
+
+    async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
+        """Digests of the mailboxes after `after_mailbox` (and up to `until_mailbox`), sorted (repair)."""
+        ...
+
+    async def state_digest(self) -> int:
+        """XOR of every mailbox digest: equal on replicas holding the same keys."""
+        ...
+
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
+        """(key, is_tombstone) of a mailbox after `after_key`, sorted by key (repair)."""
+        ...
+
+    async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
+        """The queued, undamaged messages among `keys` (repair)."""
         ...
 
     async def close(self) -> None:

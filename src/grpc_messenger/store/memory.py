@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxDigest, StoreCounts, decide, key_hash
 
 
 class MemoryStore:
@@ -91,6 +91,42 @@ class MemoryStore:
             mailboxes=sum(1 for b in self._queued.values() if b),
             tombstones=sum(len(t) for t in self._tombstones.values()),
         )
+
+    async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
+        names = sorted(
+            m
+            for m in set(self._queued) | set(self._tombstones)
+            if m > after_mailbox and (until_mailbox is None or m <= until_mailbox)
+        )
+        found = []
+        for mailbox in names:
+            queued, tombs = self._queued.get(mailbox, {}), self._tombstones.get(mailbox, {})
+            if not queued and not tombs:
+                continue
+            digest = 0
+            for key in queued:
+                digest ^= key_hash(mailbox, "m", key)
+            for key in tombs:
+                digest ^= key_hash(mailbox, "t", key)
+            found.append(MailboxDigest(mailbox, digest, len(queued), len(tombs)))
+            if len(found) == limit:
+                break
+        return found
+
+    async def state_digest(self) -> int:
+        total = 0
+        for d in await self.digests(after_mailbox="", limit=1 << 62):
+            total ^= d.digest
+        return total
+
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
+        states = [(k, False) for k in self._queued.get(mailbox, {})]
+        states += [(k, True) for k in self._tombstones.get(mailbox, {})]
+        return sorted(s for s in states if s[0] > after_key)[:limit]
+
+    async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
+        box = self._queued.get(mailbox, {})
+        return [box[k][1] for k in keys if k in box]
 
     async def close(self) -> None:
         return None

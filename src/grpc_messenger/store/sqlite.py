@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -28,13 +29,13 @@ from typing import Any, TypeVar
 
 from grpc_messenger.errors import ResourceExhausted, StoreError
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, StoreCounts, decide
+from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxDigest, StoreCounts, decide, key_hash
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -59,6 +60,31 @@ CREATE TABLE IF NOT EXISTS tombstones (
     deleted_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (mailbox, msg_key)
 ) WITHOUT ROWID;
+-- Repair fingerprints: XOR of key_hash() over each mailbox's queued keys and
+-- tombstones, kept exact by triggers inside every write transaction.
+CREATE TABLE IF NOT EXISTS mailbox_digest (
+    mailbox TEXT PRIMARY KEY,
+    digest INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    tombstones INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS digest_message_in AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_digest (mailbox, digest, messages, tombstones)
+    VALUES (new.mailbox, key_hash(new.mailbox, 'm', new.msg_key), 1, 0)
+    ON CONFLICT (mailbox) DO UPDATE SET digest = xor62(digest, key_hash(new.mailbox, 'm', new.msg_key)),
+        messages = messages + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS digest_message_out AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_digest SET digest = xor62(digest, key_hash(old.mailbox, 'm', old.msg_key)),
+        messages = messages - 1
+    WHERE mailbox = old.mailbox;
+END;
+CREATE TRIGGER IF NOT EXISTS digest_tombstone_in AFTER INSERT ON tombstones BEGIN
+    INSERT INTO mailbox_digest (mailbox, digest, messages, tombstones)
+    VALUES (new.mailbox, key_hash(new.mailbox, 't', new.msg_key), 0, 1)
+    ON CONFLICT (mailbox) DO UPDATE SET digest = xor62(digest, key_hash(new.mailbox, 't', new.msg_key)),
+        tombstones = tombstones + 1;
+END;
 """
 
 _COLUMNS = "seq, msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest"
@@ -87,6 +113,9 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    # the digest triggers call these; every connection that writes needs them
+    conn.create_function("key_hash", 3, key_hash, deterministic=True)
+    conn.create_function("xor62", 2, operator.xor, deterministic=True)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: WAL is fsynced at every commit, so an ack survives power loss too.
     conn.execute("PRAGMA synchronous=FULL")
@@ -222,6 +251,19 @@ class SqliteStore:
     async def counts(self) -> StoreCounts:
         return await self._read(_counts)
 
+    async def digests(self, *, after_mailbox: str, limit: int, until_mailbox: str | None = None) -> list[MailboxDigest]:
+        return await self._read(lambda conn: _digests(conn, after_mailbox, until_mailbox, limit))
+
+    async def state_digest(self) -> int:
+        return await self._read(_state_digest)
+
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
+        return await self._read(lambda conn: _key_states(conn, mailbox, after_key, limit))
+
+    async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
+        key_list = list(keys)
+        return await self._read(lambda conn: _get_queued(conn, mailbox, key_list))
+
     async def _read(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreError("store is closed")
@@ -330,3 +372,43 @@ def _counts(conn: sqlite3.Connection) -> StoreCounts:
     messages, mailboxes = conn.execute("SELECT count(*), count(DISTINCT mailbox) FROM messages").fetchone()
     (tombstones,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
     return StoreCounts(messages=messages, mailboxes=mailboxes, tombstones=tombstones)
+
+
+def _digests(conn: sqlite3.Connection, after: str, until: str | None, limit: int) -> list[MailboxDigest]:
+    rows = conn.execute(
+        "SELECT mailbox, digest, messages, tombstones FROM mailbox_digest"
+        " WHERE mailbox > ? AND (? IS NULL OR mailbox <= ?) ORDER BY mailbox LIMIT ?",
+        (after, until, until, limit),
+    ).fetchall()
+    return [MailboxDigest(*row) for row in rows]
+
+
+def _state_digest(conn: sqlite3.Connection) -> int:
+    total = 0
+    for (digest,) in conn.execute("SELECT digest FROM mailbox_digest"):
+        total ^= digest
+    return total
+
+
+def _key_states(conn: sqlite3.Connection, mailbox: str, after_key: str, limit: int) -> list[tuple[str, bool]]:
+    rows = conn.execute(
+        "SELECT msg_key, 0 FROM messages WHERE mailbox = ? AND msg_key > ?"
+        " UNION ALL SELECT msg_key, 1 FROM tombstones WHERE mailbox = ? AND msg_key > ?"
+        " ORDER BY 1 LIMIT ?",
+        (mailbox, after_key, mailbox, after_key, limit),
+    ).fetchall()
+    return [(key, bool(tomb)) for key, tomb in rows]
+
+
+def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list[Message]:
+    found: list[Message] = []
+    for key in keys:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? AND msg_key = ?", (mailbox, key)
+        ).fetchone()
+        if row is None:
+            continue
+        _, message, digest = _row_to_message(row)
+        if digest == message.digest:  # a damaged copy must not spread
+            found.append(message)
+    return found

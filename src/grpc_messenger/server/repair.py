@@ -1,0 +1,211 @@
+"""Anti-entropy: each replica pulls from its peers what it lacks.
+
+One round with one peer: page through the peer's mailbox digests and compare
+each with ours (one integer per mailbox, so two replicas that agree exchange
+O(mailboxes) bytes); for a mailbox that differs, list the peer's keys, apply
+the peer's tombstones we lack (tombstones win), and pull the queued messages
+we do not hold at all. A key we lack is never taken as a deletion, so a
+replica that lost its disk can only gain from repair, never spread its gaps.
+
+Repair runs as one background task per replica, off the request path, with a
+bound on every page, round and pull, and a token bucket on messages pulled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from grpc_messenger import wire
+from grpc_messenger.errors import InvalidInput
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.store.base import Store
+
+log = logging.getLogger(__name__)
+
+DIGEST_PAGE = 1000
+DIGEST_PAGES_MAX = 10_000
+KEY_PAGE = 5000
+KEY_PAGES_MAX = 1000
+PULL_CHUNK = 500
+MAILBOXES_PER_ROUND_MAX = 1000
+
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+
+@dataclass(slots=True)
+class RoundStats:
+    """What one round with one peer did."""
+
+    peer: str
+    compared: int = 0
+    differing: int = 0
+    pulled: int = 0
+    tombstoned: int = 0
+    rejected: int = 0
+
+
+class TokenBucket:
+    """At most `rate_per_s` tokens a second on average, bursts up to one second's worth."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        assert rate_per_s > 0
+        self._rate = rate_per_s
+        self._tokens = rate_per_s
+        self._last = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        """Wait until `n` tokens are there, then spend them."""
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        self._tokens -= n
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self._rate)
+
+
+class Repairer:
+    """Owns the repair task of one replica; `start` and `stop` bracket its life."""
+
+    def __init__(
+        self,
+        store: Store,
+        peers: tuple[str, ...],
+        *,
+        interval_s: float,
+        rate_per_s: float,
+        timeout_s: float,
+        max_body_bytes: int,
+        channel_factory: ChannelFactory | None = None,
+    ) -> None:
+        assert interval_s > 0
+        self._store = store
+        self._peers = peers
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._max_body_bytes = max_body_bytes
+        self._bucket = TokenBucket(rate_per_s)
+        factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address))
+        self._channels = {peer: factory(peer) for peer in peers}
+        self._stubs = {peer: pb_grpc.ReplicaServiceStub(ch) for peer, ch in self._channels.items()}
+        self._task: asyncio.Task[None] | None = None
+        self._random = random.Random()
+
+    def start(self) -> None:
+        """Begin periodic rounds in the background."""
+        assert self._task is None
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="repair")
+
+    async def stop(self) -> None:
+        """Cancel the task, wait for it, close the peer channels."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+
+    async def _run(self) -> None:
+        while True:
+            # jitter keeps replicas from repairing each other in lock-step
+            await asyncio.sleep(self._interval_s * self._random.uniform(0.5, 1.5))
+            for peer in self._random.sample(self._peers, len(self._peers)):
+                await self.round_with(peer)
+
+    async def round_with(self, peer: str) -> RoundStats:
+        """One bounded repair round with `peer`; errors end the round, never the task."""
+        stats = RoundStats(peer=peer)
+        started = time.monotonic()
+        try:
+            for mailbox in await self._differing_mailboxes(peer, stats):
+                await self._repair_mailbox(peer, mailbox, stats)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
+            log.info("event=repair.peer_failed peer=%s code=%s", peer, code)
+        if stats.differing or stats.pulled or stats.tombstoned:
+            log.info(
+                "event=repair.round peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
+                peer, stats.compared, stats.differing, stats.pulled, stats.tombstoned, stats.rejected,
+                (time.monotonic() - started) * 1000,
+            )  # fmt: skip
+        return stats
+
+    async def _differing_mailboxes(self, peer: str, stats: RoundStats) -> list[str]:
+        stub = self._stubs[peer]
+        differing: list[str] = []
+        after = ""
+        for _ in range(DIGEST_PAGES_MAX):
+            page = await stub.Digests(
+                pb.DigestsRequest(after_mailbox=after, limit=DIGEST_PAGE), timeout=self._timeout_s
+            )
+            if not page.mailboxes:
+                break
+            last = page.mailboxes[-1].mailbox
+            ours = {
+                d.mailbox: d.digest
+                for d in await self._store.digests(after_mailbox=after, until_mailbox=last, limit=DIGEST_PAGE * 2)
+            }
+            for remote in page.mailboxes:
+                stats.compared += 1
+                if ours.get(remote.mailbox) != remote.digest:
+                    differing.append(remote.mailbox)
+            after = last
+            if not page.more or len(differing) >= MAILBOXES_PER_ROUND_MAX:
+                break
+        stats.differing = len(differing)
+        return differing[:MAILBOXES_PER_ROUND_MAX]
+
+    async def _repair_mailbox(self, peer: str, mailbox: str, stats: RoundStats) -> None:
+        stub = self._stubs[peer]
+        theirs: list[tuple[str, bool]] = []
+        after = ""
+        for _ in range(KEY_PAGES_MAX):
+            page = await stub.MailboxKeys(
+                pb.MailboxKeysRequest(mailbox=mailbox, after_key=after, limit=KEY_PAGE), timeout=self._timeout_s
+            )
+            theirs.extend((k.key, k.tombstone) for k in page.keys)
+            if not page.more or not page.keys:
+                break
+            after = page.keys[-1].key
+        ours = await self._local_states(mailbox)
+        tombstones = [key for key, tomb in theirs if tomb and ours.get(key) is not True]
+        missing = [key for key, tomb in theirs if not tomb and key not in ours]
+        if tombstones:
+            await self._store.ack(mailbox, tombstones)
+            stats.tombstoned += len(tombstones)
+        for start in range(0, len(missing), PULL_CHUNK):
+            chunk = missing[start : start + PULL_CHUNK]
+            await self._bucket.take(len(chunk))
+            response = await stub.Pull(pb.PullRequest(mailbox=mailbox, keys=chunk), timeout=self._timeout_s)
+            wanted = set(chunk)
+            messages = []
+            for item in response.messages:
+                try:
+                    message = wire.message_from_pb(item, max_body_bytes=self._max_body_bytes)
+                except InvalidInput:
+                    stats.rejected += 1
+                    continue
+                if message.recipient != mailbox or message.key not in wanted:
+                    stats.rejected += 1
+                    continue
+                messages.append(message)
+            if messages:
+                await self._store.put_many(messages)
+                stats.pulled += len(messages)
+
+    async def _local_states(self, mailbox: str) -> dict[str, bool]:
+        states: dict[str, bool] = {}
+        after = ""
+        for _ in range(KEY_PAGES_MAX):
+            page = await self._store.key_states(mailbox, after_key=after, limit=KEY_PAGE)
+            states.update(page)
+            if len(page) < KEY_PAGE:
+                break
+            after = page[-1][0]
+        return states

@@ -1,0 +1,159 @@
+"""Hinted hand-off: deliveries a replica missed are kept durably and retried until it has them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import grpc
+
+from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
+from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
+from grpc_messenger.model import Message, new_key
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from tests.conftest import ReplicaFactory, ReplicaProcess, wait_until
+from tests.test_cli import messenger
+
+BOB = "bob@example.org"
+
+
+def message(body: str = "hi") -> Message:
+    return Message(key=new_key(), sender="alice@example.org", recipient=BOB, body=body, created_unix_ms=1)
+
+
+def queued(replica: ReplicaProcess, mailbox: str = BOB) -> set[str]:
+    with grpc.insecure_channel(replica.address) as channel:
+        page = pb_grpc.MessengerServiceStub(channel).Fetch(pb.FetchRequest(self_email=mailbox, limit=1000), timeout=10)
+    assert not page.more
+    return {m.key for m in page.messages}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def test_outbox_records_retries_with_backoff_and_forgets_when_paid(tmp_path: Path) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
+    try:
+        a, b = message("a"), message("b")
+        outbox.owe([(a, "r1", "UNAVAILABLE"), (a, "r2", "UNAVAILABLE"), (b, "r1", "UNAVAILABLE")])
+        outbox.owe([(a, "r1", "UNAVAILABLE again")])  # owing twice is owing once
+        assert outbox.counts() == (3, 0)
+        due = outbox.due(limit=10)
+        assert {(d.message.key, d.replica) for d in due} == {(a.key, "r1"), (a.key, "r2"), (b.key, "r1")}
+        assert next(d for d in due if d.message.key == b.key).message == b
+        outbox.retry_later([d for d in due if d.replica == "r1"], error="DEADLINE_EXCEEDED")
+        assert [d.replica for d in outbox.due(limit=10)] == ["r2"]  # r1 backs off
+        assert len(outbox.due(limit=10, all_pending=True)) == 3
+        clock.now_ms += int(BACKOFF_CAP_S * 1000)
+        assert len(outbox.due(limit=10)) == 3
+        outbox.paid([(a.key, BOB, "r1"), (a.key, BOB, "r2")])
+        assert [(d.message.key, d.attempts, d.last_error) for d in outbox.listing(limit=10)] == [
+            (b.key, 1, "DEADLINE_EXCEEDED")
+        ]
+    finally:
+        outbox.close()
+
+
+def test_outbox_expiry_reports_instead_of_dropping(tmp_path: Path) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
+    try:
+        outbox.owe([(message(), "r1", "UNAVAILABLE")])
+        assert outbox.expire(expiry_s=60) == 0
+        clock.now_ms += 61_000
+        assert outbox.expire(expiry_s=60) == 1
+        assert outbox.counts() == (0, 1)
+        assert outbox.due(limit=10, all_pending=True) == []
+        assert outbox.listing(limit=10)[0].expired
+    finally:
+        outbox.close()
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(7)
+    steps = [backoff_ms(n, rng=rng) for n in range(30)]
+    assert steps[0] <= 500
+    assert steps[5] > steps[0]
+    assert max(steps) <= BACKOFF_CAP_S * 1000
+
+
+def config(servers: tuple[str, ...], home: Path, **kw: float) -> ClientConfig:
+    return ClientConfig(servers=servers, data_dir=home, timeout_s=2.0, **kw)  # type: ignore[arg-type]
+
+
+def test_a_replica_that_was_down_gets_its_copies_from_the_outbox(
+    replica_factory: ReplicaFactory, client_home: Path
+) -> None:
+    cluster = replica_factory.cluster(3)
+    down = cluster.replicas[2]
+    down.kill()
+    with Messenger(config(cluster.servers, client_home, outbox_interval_s=0.1)) as m:
+        reports = m.send_many(Draft("alice@example.org", BOB, f"m{i}") for i in range(50))
+        assert all(r.ok for r in reports)
+        wait_until(lambda: m.outbox_owed() == (50, 0), timeout_s=10)
+        down.start()
+        # the background loop delivers without being asked
+        wait_until(lambda: m.outbox_owed() == (0, 0), timeout_s=30)
+    assert queued(down) == {r.key for r in reports}
+
+
+def test_owed_deliveries_survive_a_client_restart(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(2)
+    down = cluster.replicas[1]
+    down.kill()
+    with Messenger(config(cluster.servers, client_home)) as m:
+        report = m.send(sender="alice@example.org", recipient=BOB, body="owed", settle=True)
+        assert report.replicas[1].state is ReplicaState.FAILED
+    down.start()
+    with Messenger(config(cluster.servers, client_home, outbox_interval_s=60)) as m:
+        assert m.outbox_owed() == (1, 0)
+        assert m.flush_outbox() == 0
+    assert queued(down) == {report.key}
+
+
+def test_outbox_flush_keeps_what_still_cannot_be_delivered(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(2)
+    cluster.replicas[1].kill()
+    with Messenger(config(cluster.servers, client_home, outbox_interval_s=60)) as m:
+        m.send(sender="alice@example.org", recipient=BOB, body="owed", settle=True)
+        assert m.flush_outbox() == 1
+        (owed,) = m.outbox_listing()
+        assert owed.attempts == 1
+        assert "UNAVAILABLE" in owed.last_error
+
+
+def test_outbox_is_off_when_asked(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(2)
+    cluster.replicas[1].kill()
+    with Messenger(ClientConfig(servers=cluster.servers, data_dir=client_home, timeout_s=2, outbox=False)) as m:
+        m.send(sender="alice@example.org", recipient=BOB, body="not owed", settle=True)
+        assert m.outbox_owed() == (0, 0)
+    assert not (client_home / "outbox.sqlite3").exists()
+
+
+def test_cli_outbox_lists_and_flushes(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(2)
+    down = cluster.replicas[1]
+    down.kill()
+    sent = messenger("--timeout", "2", "send", "--from", "a@example.org", "--to", BOB, "hi",
+                     servers=cluster.servers, home=client_home)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    listing = json.loads(messenger("outbox", "--json", servers=cluster.servers, home=client_home).stdout)
+    assert listing["owed"] == 1
+    assert listing["deliveries"][0]["replica"] == down.address
+    stuck = messenger("--timeout", "2", "outbox", "flush", servers=cluster.servers, home=client_home)
+    assert stuck.returncode == 1
+    assert "1 deliveries still owed" in stuck.stderr
+    down.start()
+    flushed = messenger("outbox", "flush", servers=cluster.servers, home=client_home)
+    assert flushed.returncode == 0, flushed.stderr
+    assert "nothing owed" in flushed.stdout
+    assert "outbox empty" in messenger("outbox", servers=cluster.servers, home=client_home).stdout
