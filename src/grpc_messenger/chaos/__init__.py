@@ -8,7 +8,7 @@ operation in a history, and a checker that reads the history afterwards.
 from grpc_messenger.chaos.checker import CheckReport, check
 from grpc_messenger.chaos.faults import SCENARIOS, Fault, FaultKind, SchedulePlan, plan_schedule
 from grpc_messenger.chaos.proxy import FaultProxy, ProxyMode
-from grpc_messenger.chaos.runner import ChaosConfig, ChaosResult, Features, detect_features, run_chaos
+from grpc_messenger.chaos.runner import ChaosConfig, ChaosResult, run_chaos, schedule_for
 
 __all__ = [
     "SCENARIOS",
@@ -18,11 +18,10 @@ __all__ = [
     "Fault",
     "FaultKind",
     "FaultProxy",
-    "Features",
     "ProxyMode",
     "SchedulePlan",
     "check",
-    "detect_features",
     "plan_schedule",
     "run_chaos",
+    "schedule_for",
 ]

@@ -38,8 +38,8 @@ class FaultKind(enum.Enum):
 
     KILL = "kill"  # kill -9, down for hold_s, restart on the same port and data
     WIPE = "wipe"  # kill -9, lost disk (empty data dir), restart
-    DAMAGE_FLIP = "damage_flip"  # kill -9, bytes flipped mid-file, restart
-    DAMAGE_TRUNCATE = "damage_truncate"  # kill -9, file truncated, restart
+    DAMAGE_FLIP = "damage_flip"  # clean stop, bytes flipped mid-file, restart
+    DAMAGE_TRUNCATE = "damage_truncate"  # clean stop, file truncated, restart
     CUT_CLIENT = "cut_client"  # senders and readers <-> one replica: reset, refused
     CUT_PEER = "cut_peer"  # one replica <-> another (both directions)
     DROP_CLIENT = "drop_client"  # black hole between clients and one replica
@@ -90,6 +90,7 @@ SCENARIOS: dict[str, tuple[FaultKind, ...]] = {
     "isolate-wipe": (FaultKind.ISOLATE_WIPE,),
     "rolling-wipe": (FaultKind.WIPE,),
     "flaky-reads": (FaultKind.KILL, FaultKind.CUT_CLIENT, FaultKind.DROP_CLIENT, FaultKind.LOSE_CLIENT),
+    "damage": (FaultKind.DAMAGE_FLIP, FaultKind.DAMAGE_TRUNCATE),
 }
 
 
@@ -132,7 +133,7 @@ def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
     menu = SCENARIOS[plan.scenario]
     mandatory = [k for k in MANDATORY if k in menu] if plan.scenario == "mixed" else []
     rng.shuffle(mandatory)
-    round_robin = plan.scenario in ("rolling-wipe", "isolate-wipe")
+    round_robin = plan.scenario in ("rolling-wipe", "isolate-wipe", "damage")
     faults: list[Fault] = []
     t = plan.warmup_s
     last_loss_s = -1e9
@@ -234,8 +235,11 @@ class Nemesis:
             return {"pid": replica.pid}
         if fault.kind.stops_replica:
             pid = replica.pid if replica.alive else 0
-            await replica.kill()
-            detail: dict[str, object] = {"pid": pid}
+            damages = fault.kind in (FaultKind.DAMAGE_FLIP, FaultKind.DAMAGE_TRUNCATE)
+            # Damage is done to a cleanly stopped (checkpointed) file: after kill -9 the newest
+            # pages live in the WAL, which would mask most flips in the main file.
+            await (replica.stop() if damages else replica.kill())
+            detail: dict[str, object] = {"pid": pid, "stop": "term" if damages else "kill"}
             if fault.kind is FaultKind.WIPE:
                 detail["files_removed"] = wipe_data_dir(replica.data_dir)
             elif fault.kind in (FaultKind.DAMAGE_FLIP, FaultKind.DAMAGE_TRUNCATE):

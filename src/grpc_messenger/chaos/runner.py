@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -72,28 +69,10 @@ class ChaosConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Features:
-    """What this build of the library supports (outbox and repair land separately)."""
-
-    outbox: bool
-    repair: bool
-
-
-def detect_features() -> Features:
-    """Ask the library and the server command what they support."""
-    outbox = "outbox" in {f.name for f in dataclasses.fields(ClientConfig)} and hasattr(AsyncMessenger, "flush_outbox")
-    help_text = subprocess.run(
-        [sys.executable, "-m", "grpc_messenger", "serve", "--help"], capture_output=True, text=True, timeout=30
-    ).stdout
-    return Features(outbox=outbox, repair="--peer" in help_text)
-
-
-@dataclass(frozen=True, slots=True)
 class ChaosResult:
     """The report plus how the run was set up."""
 
     config: ChaosConfig
-    features: Features
     report: CheckReport
     messages_per_s: float
     outbox_owed_end: int | None
@@ -115,8 +94,8 @@ class ChaosResult:
             "duration_s": self.config.duration_s,
             "scenario": self.config.scenario,
             "defences": {
-                "outbox": self.config.outbox and self.features.outbox,
-                "repair": self.config.repair and self.features.repair,
+                "outbox": self.config.outbox,
+                "repair": self.config.repair,
                 "inbox_dedup": self.config.inbox_dedup,
             },
             "messages_per_s": round(self.messages_per_s, 1),
@@ -140,14 +119,11 @@ class _Printer:
 
 async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print) -> ChaosResult:
     """Run the whole thing; always clean up."""
-    features = await asyncio.to_thread(detect_features)
     root = config.work_dir or Path(tempfile.mkdtemp(prefix="messenger-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
     history = History(root / "history.jsonl")
     say = _Printer(history, emit)
-    cluster = ChaosCluster(
-        root=root / "cluster", repair=config.repair and features.repair, repair_interval_s=config.repair_interval_s
-    )
+    cluster = ChaosCluster(root=root / "cluster", repair=config.repair, repair_interval_s=config.repair_interval_s)
     (root / "cluster").mkdir(exist_ok=True)
     senders: list[Sender] = []
     readers: list[Reader] = []
@@ -155,22 +131,17 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         say(
             f"start  seed={config.seed} scenario={config.scenario} duration_s={config.duration_s:g} "
             f"senders={config.senders} readers={config.readers} mailboxes={config.mailboxes} "
-            f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox, features.outbox)} "
-            f"repair={_onoff(config.repair, features.repair)} inbox_dedup={'on' if config.inbox_dedup else 'OFF'} "
+            f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox)} "
+            f"repair={_onoff(config.repair)} inbox_dedup={_onoff(config.inbox_dedup)} "
             f"dir={root}"
         )
         await cluster.start()
         say("cluster " + " ".join(f"{r.name}=pid:{r.pid}@{r.address}" for r in cluster.replicas))
         rng = random.Random(config.seed)
-        schedule = plan_schedule(
-            random.Random(rng.random()),
-            SchedulePlan(
-                duration_s=config.duration_s, scenario=config.scenario, data_loss_gap_s=config.data_loss_gap_s
-            ),
-        )
+        schedule = schedule_for(config, rng)
         say(f"plan   {len(schedule)} faults: " + ", ".join(f"{f.at_s:.0f}s {f.kind.value}" for f in schedule))
         mailboxes = mailbox_names(config.mailboxes)
-        senders = [_sender(config, features, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
+        senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
         readers = [_reader(config, cluster, root, history, rng, i, mailboxes) for i in range(config.readers)]
         nemesis = Nemesis(
             cluster=cluster,
@@ -186,7 +157,7 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         for line in await nemesis.heal_all():
             say(f"heal   {line}")
         say(f"heal   all links pass, all replicas up | {_state_line(cluster, history, senders)}")
-        owed_end = await _settle(config, features, cluster, senders, mailboxes, history, say)
+        owed_end = await _settle(config, cluster, senders, mailboxes, history, say)
         drained = sum([await r.drain() for r in readers])
         leftover = await _queued_anywhere(cluster, mailboxes)
         say(f"drain  shown={drained} still_queued={leftover}")
@@ -211,7 +182,6 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
             shutil.rmtree(root, ignore_errors=True)
     return ChaosResult(
         config=config,
-        features=features,
         report=report,
         messages_per_s=report.sent / load_s if load_s else 0.0,
         outbox_owed_end=owed_end,
@@ -221,15 +191,19 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
     )
 
 
-def _onoff(wanted: bool, available: bool) -> str:
-    if not available:
-        return "n/a"
-    return "on" if wanted else "OFF"
+def schedule_for(config: ChaosConfig, rng: random.Random | None = None) -> list[Fault]:
+    """The fault schedule of a run: the first draw of the run's seeded generator seeds it."""
+    rng = rng or random.Random(config.seed)
+    plan = SchedulePlan(duration_s=config.duration_s, scenario=config.scenario, data_loss_gap_s=config.data_loss_gap_s)
+    return plan_schedule(random.Random(rng.random()), plan)
+
+
+def _onoff(on: bool) -> str:
+    return "on" if on else "OFF"
 
 
 def _sender(
     config: ChaosConfig,
-    features: Features,
     cluster: ChaosCluster,
     root: Path,
     history: History,
@@ -237,15 +211,13 @@ def _sender(
     i: int,
     mailboxes: Sequence[str],
 ) -> Sender:
-    options: dict[str, Any] = {}
-    if features.outbox:
-        options = {"outbox": config.outbox, "outbox_expiry_s": OUTBOX_EXPIRY_S}
     client_config = ClientConfig(
         servers=cluster.sender_servers,
         write_quorum=1,
         timeout_s=CLIENT_TIMEOUT_S,
         data_dir=root / f"sender-{i + 1}",
-        **options,
+        outbox=config.outbox,
+        outbox_expiry_s=OUTBOX_EXPIRY_S,
     )
     return Sender(
         name=f"s{i + 1}",
@@ -277,11 +249,8 @@ def _reader(
             history=history,
             timeout_s=CLIENT_TIMEOUT_S,
         )
-    options: dict[str, Any] = (
-        {"outbox": False} if "outbox" in {f.name for f in dataclasses.fields(ClientConfig)} else {}
-    )
     client_config = ClientConfig(
-        servers=cluster.reader_servers, timeout_s=CLIENT_TIMEOUT_S, data_dir=root / f"reader-{i + 1}", **options
+        servers=cluster.reader_servers, timeout_s=CLIENT_TIMEOUT_S, data_dir=root / f"reader-{i + 1}", outbox=False
     )
     return Reader(
         name=f"d{i + 1}",
@@ -334,23 +303,16 @@ def _state_line(cluster: ChaosCluster, history: History, senders: Sequence[Sende
     )
 
 
-async def _owed(senders: Sequence[Sender], *, flush: bool) -> int | None:
-    """Outbox deliveries still owed by all senders (None: no outbox in this build or run)."""
-    total: int | None = None
+async def _flush_outboxes(senders: Sequence[Sender]) -> int:
+    """Push every sender's owed deliveries now; return how many are still owed in all."""
+    owed = 0
     for s in senders:
-        method = getattr(s.messenger, "flush_outbox" if flush else "outbox_owed", None)
-        if method is None:
-            continue
-        result = method()
-        if asyncio.iscoroutine(result):
-            result = await result
-        total = (total or 0) + int(result)
-    return total
+        owed += await s.messenger.flush_outbox()
+    return owed
 
 
 async def _settle(
     config: ChaosConfig,
-    features: Features,
     cluster: ChaosCluster,
     senders: Sequence[Sender],
     mailboxes: Sequence[str],
@@ -359,7 +321,7 @@ async def _settle(
 ) -> int | None:
     """Flush outboxes and wait (bounded) until every queued message is on every replica."""
     started = time.monotonic()
-    use_outbox = features.outbox and config.outbox
+    use_outbox = config.outbox
     owed: int | None = None
     copies: dict[str, int] = {}
     settle_s: float | None = None
@@ -367,7 +329,7 @@ async def _settle(
     while True:
         if use_outbox:
             try:
-                owed = await asyncio.wait_for(_owed(senders, flush=True), timeout=30.0)
+                owed = await asyncio.wait_for(_flush_outboxes(senders), timeout=30.0)
             except Exception as exc:  # a flush that fails is a finding, not a reason to stop checking
                 say(f"settle flush_outbox failed: {type(exc).__name__}: {exc}")
                 owed = -1

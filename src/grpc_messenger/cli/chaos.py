@@ -61,6 +61,14 @@ from grpc_messenger.chaos.runner import report_json
     show_default=True,
     help="Passed to every replica's --repair-interval.",
 )
+@click.option(
+    "--data-loss-gap",
+    "data_loss_gap_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    help="At most one lost disk or damaged file per this many seconds (repair must keep up).",
+)
 @click.option("--no-outbox", is_flag=True, help="Senders without the durable outbox (hinted hand-off).")
 @click.option("--no-repair", is_flag=True, help="Replicas without peers (no anti-entropy).")
 @click.option("--no-inbox-dedup", is_flag=True, help="Readers Fetch+Ack without the local inbox.")
@@ -86,6 +94,7 @@ def chaos_command(
     rate_per_s: float,
     settle_max_s: float,
     repair_interval_s: float,
+    data_loss_gap_s: float,
     no_outbox: bool,
     no_repair: bool,
     no_inbox_dedup: bool,
@@ -113,6 +122,7 @@ def chaos_command(
         rate_per_s=rate_per_s,
         settle_max_s=settle_max_s,
         repair_interval_s=repair_interval_s,
+        data_loss_gap_s=data_loss_gap_s,
         outbox=not no_outbox,
         repair=not no_repair,
         inbox_dedup=not no_inbox_dedup,
