@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from grpc_messenger.chaos.cluster import ChaosCluster, ReplicaStartError, damage_file, wipe_data_dir
 from grpc_messenger.chaos.history import History
 from grpc_messenger.chaos.proxy import FaultProxy, ProxyMode
+from grpc_messenger.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class SchedulePlan:
 def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
     """The faults of a run, in time order; a pure function of rng's state and the plan."""
     if plan.scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {plan.scenario!r}; choose from {', '.join(SCENARIOS)}")
+        raise InvalidInput(f"unknown scenario {plan.scenario!r}; choose from {', '.join(SCENARIOS)}")
     menu = SCENARIOS[plan.scenario]
     mandatory = [k for k in MANDATORY if k in menu] if plan.scenario == "mixed" else []
     rng.shuffle(mandatory)

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from grpc_messenger import AsyncMessenger, ClientConfig
+from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput
 from grpc_messenger.chaos.checker import CheckReport, check
 from grpc_messenger.chaos.cluster import ChaosCluster
 from grpc_messenger.chaos.faults import SCENARIOS, Fault, Nemesis, SchedulePlan, plan_schedule
@@ -38,6 +38,7 @@ CLIENT_TIMEOUT_S = 3.0
 OUTBOX_EXPIRY_S = 3600.0  # longer than any run: nothing may expire while we watch
 FETCH_TIMEOUT_S = 5.0
 MESSAGES_PER_SENDER_MAX = 10_000_000
+PLAN_FAULTS_SHOWN_MAX = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +64,9 @@ class ChaosConfig:
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
+            raise InvalidInput(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
         if not (self.duration_s > 0 and self.senders >= 1 and self.readers >= 1 and self.mailboxes >= self.readers):
-            raise ValueError("need a positive duration, a sender, a reader, and at least one mailbox per reader")
+            raise InvalidInput("need a positive duration, a sender, a reader, and at least one mailbox per reader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,9 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         say("cluster " + " ".join(f"{r.name}=pid:{r.pid}@{r.address}" for r in cluster.replicas))
         rng = random.Random(config.seed)
         schedule = schedule_for(config, rng)
-        say(f"plan   {len(schedule)} faults: " + ", ".join(f"{f.at_s:.0f}s {f.kind.value}" for f in schedule))
+        shown = ", ".join(f"{f.at_s:.0f}s {f.kind.value}" for f in schedule[:PLAN_FAULTS_SHOWN_MAX])
+        more = f", ... ({len(schedule) - PLAN_FAULTS_SHOWN_MAX} more)" if len(schedule) > PLAN_FAULTS_SHOWN_MAX else ""
+        say(f"plan   {len(schedule)} faults: {shown}{more}")
         mailboxes = mailbox_names(config.mailboxes)
         senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
         readers = [_reader(config, cluster, root, history, rng, i, mailboxes) for i in range(config.readers)]

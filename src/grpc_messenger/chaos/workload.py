@@ -130,6 +130,11 @@ class Reader:
         except MessengerError as exc:
             self._history.record("read_fail", process=self.name, mailbox=mailbox, error=str(exc)[:200])
             return 0
+        except Exception as exc:  # recorded and logged, never silent; the run goes on
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            self._history.record("read_fail", process=self.name, mailbox=mailbox, error=error)
+            log.warning("event=chaos.receive_crashed mailbox=%s error=%r", mailbox, exc)
+            return 0
         for m in report.messages:
             self._history.record("deliver", process=self.name, mailbox=mailbox, key=m.key, body=m.body)
         return len(report.messages)
