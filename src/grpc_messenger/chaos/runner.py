@@ -129,58 +129,57 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
     senders: list[Sender] = []
     readers: list[Reader] = []
     try:
-        say(
-            f"start  seed={config.seed} scenario={config.scenario} duration_s={config.duration_s:g} "
-            f"senders={config.senders} readers={config.readers} mailboxes={config.mailboxes} "
-            f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox)} "
-            f"repair={_onoff(config.repair)} inbox_dedup={_onoff(config.inbox_dedup)} "
-            f"dir={root}"
-        )
-        await cluster.start()
-        say("cluster " + " ".join(f"{r.name}=pid:{r.pid}@{r.address}" for r in cluster.replicas))
-        rng = random.Random(config.seed)
-        schedule = schedule_for(config, rng)
-        shown = ", ".join(f"{f.at_s:.0f}s {f.kind.value}" for f in schedule[:PLAN_FAULTS_SHOWN_MAX])
-        more = f", ... ({len(schedule) - PLAN_FAULTS_SHOWN_MAX} more)" if len(schedule) > PLAN_FAULTS_SHOWN_MAX else ""
-        say(f"plan   {len(schedule)} faults: {shown}{more}")
-        mailboxes = mailbox_names(config.mailboxes)
-        senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
-        readers = [_reader(config, cluster, root, history, rng, i, mailboxes) for i in range(config.readers)]
-        nemesis = Nemesis(
-            cluster=cluster,
-            history=history,
-            rng=random.Random(rng.random()),
-            emit=say,
-            describe_state=lambda: _state_line(cluster, history, senders),
-        )
-        started = time.monotonic()
-        await _run_workload(config, schedule, cluster, nemesis, senders, readers, history, say, started)
-        load_s = time.monotonic() - started
+        try:
+            say(
+                f"start  seed={config.seed} scenario={config.scenario} duration_s={config.duration_s:g} "
+                f"senders={config.senders} readers={config.readers} mailboxes={config.mailboxes} "
+                f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox)} "
+                f"repair={_onoff(config.repair)} inbox_dedup={_onoff(config.inbox_dedup)} "
+                f"dir={root}"
+            )
+            await cluster.start()
+            say("cluster " + " ".join(f"{r.name}=pid:{r.pid}@{r.address}" for r in cluster.replicas))
+            rng = random.Random(config.seed)
+            schedule = schedule_for(config, rng)
+            say(_plan_line(schedule))
+            mailboxes = mailbox_names(config.mailboxes)
+            senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
+            readers = [_reader(config, cluster, root, history, rng, i, mailboxes) for i in range(config.readers)]
+            nemesis = Nemesis(
+                cluster=cluster,
+                history=history,
+                rng=random.Random(rng.random()),
+                emit=say,
+                describe_state=lambda: _state_line(cluster, history, senders),
+            )
+            started = time.monotonic()
+            await _run_workload(config, schedule, cluster, nemesis, senders, readers, history, say, started)
+            load_s = time.monotonic() - started
 
-        for line in await nemesis.heal_all():
-            say(f"heal   {line}")
-        say(f"heal   all links pass, all replicas up | {_state_line(cluster, history, senders)}")
-        owed_end = await _settle(config, cluster, senders, mailboxes, history, say)
-        drained = sum([await r.drain() for r in readers])
-        leftover = await _queued_anywhere(cluster, mailboxes)
-        say(f"drain  shown={drained} still_queued={leftover}")
-        history.record("drained", shown=drained, still_queued=leftover)
-        down = sum(1 for r in cluster.replicas if not r.alive)
-    finally:
-        for sender in senders:
-            with contextlib.suppress(Exception):
-                await sender.messenger.close()
-        for reader in readers:
-            with contextlib.suppress(Exception):
-                await reader.close()
-        await cluster.close()
-        history.close()
-    try:
+            for line in await nemesis.heal_all():
+                say(f"heal   {line}")
+            say(f"heal   all links pass, all replicas up | {_state_line(cluster, history, senders)}")
+            owed_end = await _settle(config, cluster, senders, mailboxes, history, say)
+            drained = sum([await r.drain() for r in readers])
+            leftover = await _queued_anywhere(cluster, mailboxes)
+            say(f"drain  shown={drained} still_queued={leftover}")
+            history.record("drained", shown=drained, still_queued=leftover)
+            down = sum(1 for r in cluster.replicas if not r.alive)
+        finally:
+            for sender in senders:
+                with contextlib.suppress(Exception):
+                    await sender.messenger.close()
+            for reader in readers:
+                with contextlib.suppress(Exception):
+                    await reader.close()
+            await cluster.close()
+            history.close()
         events = list(read_history(history.path))
         report = check(events)
-        if config.history_path is not None:
-            shutil.copyfile(history.path, config.history_path)
     finally:
+        history.close()
+        if config.history_path is not None and history.path.exists():
+            shutil.copyfile(history.path, config.history_path)
         if config.work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     return ChaosResult(
@@ -199,6 +198,12 @@ def schedule_for(config: ChaosConfig, rng: random.Random | None = None) -> list[
     rng = rng or random.Random(config.seed)
     plan = SchedulePlan(duration_s=config.duration_s, scenario=config.scenario, data_loss_gap_s=config.data_loss_gap_s)
     return plan_schedule(random.Random(rng.random()), plan)
+
+
+def _plan_line(schedule: Sequence[Fault]) -> str:
+    shown = ", ".join(f"{f.at_s:.0f}s {f.kind.value}" for f in schedule[:PLAN_FAULTS_SHOWN_MAX])
+    more = f", ... ({len(schedule) - PLAN_FAULTS_SHOWN_MAX} more)" if len(schedule) > PLAN_FAULTS_SHOWN_MAX else ""
+    return f"plan   {len(schedule)} faults: {shown}{more}"
 
 
 def _onoff(on: bool) -> str:

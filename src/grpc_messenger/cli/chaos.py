@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -130,12 +131,28 @@ def chaos_command(
         work_dir=work_dir,
     )
     click.echo(f"chaos: seed {seed} (replay: messenger chaos --duration {duration_s:g} --seed {seed})")
-    result = asyncio.run(run_chaos(config, emit=lambda line: click.echo(line)))
+    try:
+        result = asyncio.run(_run_until_signalled(config))
+    except asyncio.CancelledError:
+        click.echo("chaos: stopped by SIGTERM; every replica and proxy was stopped", err=True)
+        sys.exit(143)
     print_report(result)
     if json_path is not None:
         json_path.write_text(report_json(result) + "\n")
     if not result.ok:
         sys.exit(1)
+
+
+async def _run_until_signalled(config: ChaosConfig) -> ChaosResult:
+    """Run; SIGTERM cancels the run, so its cleanup (kill replicas, remove files) still happens."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run_chaos(config, emit=lambda line: click.echo(line))
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def print_report(result: ChaosResult) -> None:
