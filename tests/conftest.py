@@ -18,7 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
+
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 READY_TIMEOUT_S = 30.0
 
@@ -30,6 +34,21 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def queued_keys(address: str, mailbox: str) -> set[str]:
+    """Every key queued in `mailbox` on the replica at `address`, read over the wire with Fetch."""
+    keys: set[str] = set()
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.MessengerServiceStub(channel)
+        after = 0
+        for _ in range(1000):
+            page = stub.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
+            keys.update(m.key for m in page.messages)
+            after = page.next_after_seq
+            if not page.more:
+                return keys
+    raise AssertionError("mailbox too large for a test")
 
 
 @dataclass

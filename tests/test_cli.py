@@ -213,3 +213,25 @@ def test_status_says_whether_replicas_agree(replica_factory: ReplicaFactory, cli
     assert "queued counts differ by up to 1" in status.stdout
     rows = json.loads(messenger("status", "--json", servers=cluster.servers).stdout)
     assert rows[0]["state_digest"] != rows[1]["state_digest"]
+
+
+def test_config_file_supplies_servers_and_bad_files_are_refused(
+    shared_cluster: Cluster, client_home: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f"servers = {list(shared_cluster.servers)!r}\nwrite_quorum = 3\ntimeout_s = 4\n")
+    status = messenger("--config", str(good), "status", "--json")
+    assert [r["address"] for r in json.loads(status.stdout)] == list(shared_cluster.servers)
+    sent = messenger("--config", str(good), "send", "--from", "a@example.org", "--to", "c@example.org", "hi", "--json",
+                     home=client_home)  # fmt: skip
+    assert json.loads(sent.stdout)["write_quorum"] == 3
+    for text, needle in (("servers = 5\n", "servers must be a list"), ("colour = 'blue'\n", "unknown keys colour"),
+                         ("servers = [\n", "config file")):  # fmt: skip
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        done = messenger("--config", str(bad), "status")
+        assert done.returncode == 2
+        assert needle in done.stderr
+        assert "Traceback" not in done.stderr
+    missing = messenger("--config", str(tmp_path / "missing.toml"), "status")
+    assert missing.returncode == 2

@@ -6,27 +6,10 @@ import asyncio
 import threading
 from pathlib import Path
 
-import grpc
 import pytest
 
 from grpc_messenger import AsyncMessenger, ClientConfig, Draft, Messenger, QuorumNotReached
-from grpc_messenger.proto import messenger_pb2 as pb
-from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from tests.conftest import ReplicaFactory
-
-
-def queued_keys(address: str, mailbox: str) -> set[str]:
-    keys: set[str] = set()
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.MessengerServiceStub(channel)
-        after = 0
-        for _ in range(1000):
-            page = stub.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
-            keys.update(m.key for m in page.messages)
-            after = page.next_after_seq
-            if not page.more:
-                break
-    return keys
+from tests.conftest import ReplicaFactory, queued_keys
 
 
 def test_kill_9_right_after_acks_loses_nothing(replica_factory: ReplicaFactory, client_home: Path) -> None:

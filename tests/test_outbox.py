@@ -6,14 +6,10 @@ import json
 import random
 from pathlib import Path
 
-import grpc
-
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
 from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
 from grpc_messenger.model import Message, new_key
-from grpc_messenger.proto import messenger_pb2 as pb
-from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from tests.conftest import ReplicaFactory, ReplicaProcess, wait_until
+from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
 from tests.test_cli import messenger
 
 BOB = "bob@example.org"
@@ -24,10 +20,7 @@ def message(body: str = "hi") -> Message:
 
 
 def queued(replica: ReplicaProcess, mailbox: str = BOB) -> set[str]:
-    with grpc.insecure_channel(replica.address) as channel:
-        page = pb_grpc.MessengerServiceStub(channel).Fetch(pb.FetchRequest(self_email=mailbox, limit=1000), timeout=10)
-    assert not page.more
-    return {m.key for m in page.messages}
+    return queued_keys(replica.address, mailbox)
 
 
 class FakeClock:

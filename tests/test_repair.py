@@ -9,7 +9,7 @@ import grpc
 from grpc_messenger.model import new_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from tests.conftest import ReplicaFactory, ReplicaProcess, wait_until
+from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
 
 REPAIR_S = 0.2
 SETTLE_S = 30.0
@@ -32,17 +32,7 @@ def send_to(replica: ReplicaProcess, bodies: list[str], mailbox: str = BOB) -> l
 
 
 def queued(replica: ReplicaProcess, mailbox: str = BOB) -> set[str]:
-    channel, s = stub(replica)
-    with channel:
-        keys: set[str] = set()
-        after = 0
-        for _ in range(100):
-            page = s.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
-            keys.update(m.key for m in page.messages)
-            after = page.next_after_seq
-            if not page.more:
-                return keys
-    raise AssertionError("mailbox too large for the test")
+    return queued_keys(replica.address, mailbox)
 
 
 def info(replica: ReplicaProcess) -> pb.InfoResponse:
@@ -126,3 +116,23 @@ def test_repair_survives_a_peer_going_down(replica_factory: ReplicaFactory) -> N
     wait_until(lambda: queued(b) == keys, timeout_s=SETTLE_S)
     assert a.alive
     assert c.alive
+
+
+def test_tombstones_are_purged_everywhere_after_the_grace_period(replica_factory: ReplicaFactory) -> None:
+    cluster = replica_factory.cluster(3, repair_interval_s=REPAIR_S)
+    for replica in cluster.replicas:
+        replica.extra_args = (*replica.extra_args, "--tombstone-grace", "3")
+        replica.restart()
+    a, b, c = cluster.replicas
+    keys = send_to(a, ["read soon"])
+    wait_until(lambda: queued(c) == set(keys), timeout_s=SETTLE_S)
+    channel, s = stub(b)
+    with channel:
+        s.Ack(pb.AckRequest(self_email=BOB, keys=keys), timeout=10)
+    wait_until(
+        lambda: all(info(r).tombstones == 1 and info(r).messages == 0 for r in cluster.replicas), timeout_s=SETTLE_S
+    )
+    # after the grace period every replica forgets it, and repair does not hand it back
+    wait_until(lambda: all(info(r).tombstones == 0 for r in cluster.replicas), timeout_s=SETTLE_S)
+    assert all(info(r).messages == 0 for r in cluster.replicas)
+    assert agree(cluster.replicas)

@@ -234,9 +234,25 @@ def test_key_states_list_queued_and_tombstoned_keys_in_order(make_store: Callabl
     run(store.put_many(batch))
     run(store.ack(BOB, ["key-03", "key-07"]))
     first = run(store.key_states(BOB, after_key="", limit=4))
-    rest = run(store.key_states(BOB, after_key=first[-1][0], limit=100))
+    rest = run(store.key_states(BOB, after_key=first[-1].key, limit=100))
     states = first + rest
-    assert [k for k, _ in states] == [f"key-{i:02d}" for i in range(10)]
-    assert {k for k, tomb in states if tomb} == {"key-03", "key-07"}
+    assert [s.key for s in states] == [f"key-{i:02d}" for i in range(10)]
+    assert {s.key for s in states if s.tombstone} == {"key-03", "key-07"}
+    assert all(s.deleted_unix_ms > 0 for s in states if s.tombstone)
     queued = run(store.get_queued(BOB, ["key-01", "key-03", "missing"]))
     assert [m.key for m in queued] == ["key-01"]
+
+
+def test_repair_tombstones_keep_the_earliest_time_and_purge_by_age(make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    queued_copy = message("queued here")
+    run(store.put_many([queued_copy]))
+    assert run(store.apply_tombstones(BOB, [(queued_copy.key, 5_000), ("other-key", 9_000)])) == 1
+    run(store.apply_tombstones(BOB, [("other-key", 7_000), (queued_copy.key, 8_000)]))
+    times = {s.key: s.deleted_unix_ms for s in run(store.key_states(BOB, after_key="", limit=10))}
+    assert times == {queued_copy.key: 5_000, "other-key": 7_000}
+    before = run(store.digests(after_mailbox="", limit=10))
+    assert run(store.purge_tombstones(deleted_before_ms=6_000, limit=100)) == 1
+    assert [s.key for s in run(store.key_states(BOB, after_key="", limit=10))] == ["other-key"]
+    assert run(store.digests(after_mailbox="", limit=10)) != before
+    assert run(store.counts()).tombstones == 1

@@ -33,11 +33,15 @@ class ServerConfig:
     peers: tuple[str, ...] = ()
     repair_interval_s: float = 5.0
     repair_rate_per_s: float = 5000.0
+    # longer than any retry window (the client outbox expires after 7 days), so a
+    # replica that was away cannot bring deleted mail back
+    tombstone_grace_s: float = 30 * 24 * 3600.0
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise InvalidInput("at least one --listen address is needed")
-        for address in (*self.listen, *self.peers):
+        for address in (*self.listen, *self.peers, *([self.metrics_listen] if self.metrics_listen else [])):
             parse_listen(address)
         if len(set(self.peers)) != len(self.peers):
             raise InvalidInput("peer addresses must be distinct")
@@ -45,6 +49,8 @@ class ServerConfig:
             raise InvalidInput("repair interval must be between 0.05 and 3600 seconds")
         if self.repair_rate_per_s <= 0:
             raise InvalidInput("repair rate must be positive")
+        if self.tombstone_grace_s < 1:
+            raise InvalidInput("tombstone grace period must be at least 1 second")
         if self.store not in ("sqlite", "memory"):
             raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
         if not 1 <= self.max_body_bytes <= 1024 * 1024:

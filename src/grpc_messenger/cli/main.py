@@ -153,6 +153,20 @@ def cli(
     show_default=True,
     help="Seconds between repair rounds (jittered).",
 )
+@click.option(
+    "--tombstone-grace",
+    "tombstone_grace_s",
+    type=click.FloatRange(min=1),
+    default=30 * 24 * 3600.0,
+    show_default=True,
+    help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar="MESSENGER_METRICS_LISTEN",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 def serve(
     listen: tuple[str, ...],
@@ -164,6 +178,8 @@ def serve(
     grace_s: float,
     peers: tuple[str, ...],
     repair_interval_s: float,
+    tombstone_grace_s: float,
+    metrics_listen: str | None,
     ready_file: Path | None,
 ) -> None:
     """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
@@ -184,6 +200,8 @@ def serve(
         ready_file=ready_file,
         peers=peers or servers_from_env("MESSENGER_PEERS"),
         repair_interval_s=repair_interval_s,
+        tombstone_grace_s=tombstone_grace_s,
+        metrics_listen=metrics_listen,
     )
     asyncio.run(run_replica(config))
 

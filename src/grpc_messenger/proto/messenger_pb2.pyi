@@ -490,18 +490,24 @@ class KeyState(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     TOMBSTONE_FIELD_NUMBER: _builtins.int
+    DELETED_UNIX_MS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     tombstone: _builtins.bool
     """acked (deleted) rather than queued"""
+    deleted_unix_ms: _builtins.int
+    """For tombstones: when the message was first acked anywhere. Repair carries the
+    earliest time, so replicas purge a tombstone together.
+    """
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         tombstone: _builtins.bool = ...,
+        deleted_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "tombstone", b"tombstone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_unix_ms", b"deleted_unix_ms", "key", b"key", "tombstone", b"tombstone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,7 +53,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         limit = _limit(request.limit, KEYS_PAGE_MAX)
         states = await self._store.key_states(mailbox, after_key=request.after_key, limit=limit + 1)
         return pb.MailboxKeysResponse(
-            keys=[pb.KeyState(key=k, tombstone=t) for k, t in states[:limit]], more=len(states) > limit
+            keys=[
+                pb.KeyState(key=k.key, tombstone=k.tombstone, deleted_unix_ms=k.deleted_unix_ms) for k in states[:limit]
+            ],
+            more=len(states) > limit,
         )
 
     @guarded

@@ -26,6 +26,7 @@ from grpc_messenger import wire
 from grpc_messenger.errors import InvalidInput
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class Repairer:
         timeout_s: float,
         max_body_bytes: int,
         channel_factory: ChannelFactory | None = None,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         assert interval_s > 0
+        self._metrics = metrics
         self._store = store
         self._peers = peers
         self._interval_s = interval_s
@@ -128,6 +131,14 @@ class Repairer:
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
             log.info("event=repair.peer_failed peer=%s code=%s", peer, code)
+            result = "failed"
+        else:
+            result = "ok"
+        if self._metrics is not None:
+            self._metrics.repair_rounds.labels(result).inc()
+            self._metrics.repair.labels("pulled").inc(stats.pulled)
+            self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
+            self._metrics.repair.labels("rejected").inc(stats.rejected)
         if stats.differing or stats.pulled or stats.tombstoned:
             log.info(
                 "event=repair.round peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
@@ -163,21 +174,22 @@ class Repairer:
 
     async def _repair_mailbox(self, peer: str, mailbox: str, stats: RoundStats) -> None:
         stub = self._stubs[peer]
-        theirs: list[tuple[str, bool]] = []
+        theirs: list[pb.KeyState] = []
         after = ""
         for _ in range(KEY_PAGES_MAX):
             page = await stub.MailboxKeys(
                 pb.MailboxKeysRequest(mailbox=mailbox, after_key=after, limit=KEY_PAGE), timeout=self._timeout_s
             )
-            theirs.extend((k.key, k.tombstone) for k in page.keys)
+            theirs.extend(page.keys)
             if not page.more or not page.keys:
                 break
             after = page.keys[-1].key
         ours = await self._local_states(mailbox)
-        tombstones = [key for key, tomb in theirs if tomb and ours.get(key) is not True]
-        missing = [key for key, tomb in theirs if not tomb and key not in ours]
+        # tombstones win: theirs delete our queued copy; our own tombstones stay as they are
+        tombstones = [(k.key, k.deleted_unix_ms) for k in theirs if k.tombstone and ours.get(k.key) is not True]
+        missing = [k.key for k in theirs if not k.tombstone and k.key not in ours]
         if tombstones:
-            await self._store.ack(mailbox, tombstones)
+            await self._store.apply_tombstones(mailbox, tombstones)
             stats.tombstoned += len(tombstones)
         for start in range(0, len(missing), PULL_CHUNK):
             chunk = missing[start : start + PULL_CHUNK]
@@ -204,8 +216,8 @@ class Repairer:
         after = ""
         for _ in range(KEY_PAGES_MAX):
             page = await self._store.key_states(mailbox, after_key=after, limit=KEY_PAGE)
-            states.update(page)
+            states.update((k.key, k.tombstone) for k in page)
             if len(page) < KEY_PAGE:
                 break
-            after = page[-1][0]
+            after = page[-1].key
         return states

@@ -18,6 +18,7 @@ from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
 REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 STORE_FILE = "replica.sqlite3"
+PURGE_CHUNK = 10_000
+PURGE_CHUNKS_MAX = 100
+GAUGE_INTERVAL_S = 2.0
 
 
 def open_store(config: ServerConfig) -> Store:
@@ -71,15 +75,21 @@ class Replica:
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
+        self.metrics = ReplicaMetrics()
+        self.metrics_address: str | None = None
         self._server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
-            ]
+            ],
         )
-        pb_grpc.add_MessengerServiceServicer_to_server(MessengerServicer(self.store, config), self._server)
+        pb_grpc.add_MessengerServiceServicer_to_server(
+            MessengerServicer(self.store, config, self.metrics), self._server
+        )
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
+        self._housekeeper: asyncio.Task[None] | None = None
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -89,6 +99,7 @@ class Replica:
                 rate_per_s=config.repair_rate_per_s,
                 timeout_s=10.0,
                 max_body_bytes=config.max_body_bytes,
+                metrics=self.metrics,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -109,10 +120,14 @@ class Replica:
                 raise InvalidInput(f"cannot listen on {address}")
             host = address.rpartition(":")[0]
             self.addresses.append(f"{host}:{port}")
+        if self.config.metrics_listen:
+            host = self.config.metrics_listen.rpartition(":")[0]
+            self.metrics_address = f"{host}:{self.metrics.serve(self.config.metrics_listen)}"
         await self._server.start()
         await self._set_serving(True)
         if self._repairer is not None:
             self._repairer.start()
+        self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d",
             self.store.replica_id,
@@ -122,7 +137,32 @@ class Replica:
             os.getpid(),
         )
         if self.config.ready_file is not None:
-            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id)
+            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id, self.metrics_address)
+
+    async def _housekeeping(self) -> None:
+        """Refresh the store gauges; forget tombstones older than the grace period, in bounded chunks."""
+        purge_every_s = min(3600.0, max(0.5, self.config.tombstone_grace_s / 10))
+        last_purge = time.monotonic()
+        while True:
+            await asyncio.sleep(min(GAUGE_INTERVAL_S, purge_every_s))
+            try:
+                self.metrics.observe_store(await self.store.counts())
+                if time.monotonic() - last_purge >= purge_every_s:
+                    last_purge = time.monotonic()
+                    await self._purge_tombstones()
+            except StoreError as exc:
+                log.error("event=housekeeping.failed error=%r", str(exc))
+
+    async def _purge_tombstones(self) -> None:
+        cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
+        purged = 0
+        for _ in range(PURGE_CHUNKS_MAX):
+            n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
+            purged += n
+            if n < PURGE_CHUNK:
+                break
+        if purged:
+            log.info("event=tombstones.purged n=%d", purged)
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -135,7 +175,11 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
         await self._server.stop(self.config.grace_s)
+        self.metrics.close()
         await self.store.close()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)
 
@@ -144,10 +188,11 @@ class Replica:
         await self._server.wait_for_termination()
 
 
-def _write_ready_file(path: Path, addresses: list[str], replica_id: str) -> None:
+def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics: str | None) -> None:
     # write then rename, so a reader never sees half a file
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"addresses": addresses, "replica_id": replica_id, "pid": os.getpid()}))
+    ready = {"addresses": addresses, "replica_id": replica_id, "pid": os.getpid(), "metrics": metrics}
+    tmp.write_text(json.dumps(ready))
     tmp.replace(path)
 
 

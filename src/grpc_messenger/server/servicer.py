@@ -21,6 +21,7 @@ from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError
 from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.store.base import FETCH_LIMIT_MAX, Store
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,14 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class MessengerServicer(pb_grpc.MessengerServiceServicer):
     """Serves one Store over the MessengerService protocol."""
 
-    def __init__(self, store: Store, config: ServerConfig) -> None:
+    def __init__(self, store: Store, config: ServerConfig, metrics: ReplicaMetrics | None = None) -> None:
         self._store = store
         self._config = config
+        self._metrics = metrics
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.messages.labels(outcome).inc(n)
 
     def _decode(self, request: pb.SendRequest) -> Message:
         return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
@@ -61,6 +67,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         message = self._decode(request)
         (outcome,) = await self._store.put_many([message])
+        self._count(outcome.value)
         if outcome is PutOutcome.CONFLICT:
             raise KeyConflict(f"key {message.key} is already stored with different content")
         log.debug("event=send.stored key=%s outcome=%s", message.key, outcome.value)
@@ -87,7 +94,11 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
                 results.append(None)
             except InvalidInput as exc:
                 results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
-        outcomes = iter(await self._store.put_many(valid)) if valid else iter(())
+        stored = await self._store.put_many(valid) if valid else []
+        for outcome in stored:
+            self._count(outcome.value)
+        self._count("rejected", len(results) - len(valid))
+        outcomes = iter(stored)
         messages = iter(valid)
         filled = []
         for result in results:

@@ -47,6 +47,15 @@ class MailboxDigest:
     tombstones: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """One key of a mailbox as repair sees it: queued, or acked (with when)."""
+
+    key: str
+    tombstone: bool
+    deleted_unix_ms: int = 0
+
+
 def key_hash(mailbox: str, kind: str, key: str) -> int:
     """62-bit hash of one queued key ("m") or tombstone ("t") of a mailbox.
 
@@ -117,8 +126,20 @@ class Store(Protocol):
         """XOR of every mailbox digest: equal on replicas holding the same keys."""
         ...
 
-    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
-        """(key, is_tombstone) of a mailbox after `after_key`, sorted by key (repair)."""
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[KeyState]:
+        """Queued keys and tombstones of a mailbox after `after_key`, sorted by key (repair)."""
+        ...
+
+    async def apply_tombstones(self, mailbox: str, tombstones: Sequence[tuple[str, int]]) -> int:
+        """Repair: delete these (key, deleted_unix_ms), keeping the earliest deletion time.
+
+        Carrying the original time lets every replica purge a tombstone at about
+        the same moment instead of handing it back and forth.
+        """
+        ...
+
+    async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
+        """Forget up to `limit` tombstones deleted before the cutoff; return how many."""
         ...
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxDigest, StoreCounts, decide, key_hash
+from grpc_messenger.store.base import (
+    UNKNOWN_DIGEST,
+    FetchPage,
+    KeyState,
+    MailboxDigest,
+    StoreCounts,
+    decide,
+    key_hash,
+)
 
 
 class MemoryStore:
@@ -17,7 +26,8 @@ class MemoryStore:
         self._seq = 0
         # mailbox -> key -> (seq, message); dicts keep insertion (= seq) order
         self._queued: dict[str, dict[str, tuple[int, Message]]] = {}
-        self._tombstones: dict[str, dict[str, str]] = {}
+        # mailbox -> key -> (digest, deleted_unix_ms)
+        self._tombstones: dict[str, dict[str, tuple[str, int]]] = {}
 
     @property
     def kind(self) -> str:
@@ -35,7 +45,7 @@ class MemoryStore:
             outcome = decide(
                 new_digest=message.digest,
                 stored_digest=stored[1].digest if stored else None,
-                tombstone_digest=self._tombstones.get(message.recipient, {}).get(message.key),
+                tombstone_digest=self._tombstones.get(message.recipient, {}).get(message.key, (None, 0))[0],
             )
             if outcome is None:
                 self._seq += 1
@@ -62,17 +72,28 @@ class MemoryStore:
         return FetchPage(messages=tuple(page), next_after_seq=last, more=more)
 
     async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
+        now_ms = int(time.time() * 1000)
+        return await self.apply_tombstones(mailbox, [(key, now_ms) for key in keys])
+
+    async def apply_tombstones(self, mailbox: str, tombstones: Sequence[tuple[str, int]]) -> int:
         box = self._queued.get(mailbox, {})
         tombs = self._tombstones.setdefault(mailbox, {})
         deleted = 0
-        for key in keys:
+        for key, deleted_ms in tombstones:
             entry = box.pop(key, None)
             if entry is not None:
                 deleted += 1
-                tombs[key] = entry[1].digest
-            else:
-                tombs.setdefault(key, UNKNOWN_DIGEST)
+            digest, earlier_ms = tombs.get(key, (entry[1].digest if entry else UNKNOWN_DIGEST, deleted_ms))
+            tombs[key] = (digest, min(earlier_ms, deleted_ms))
         return deleted
+
+    async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
+        purged = 0
+        for tombs in self._tombstones.values():
+            for key in [k for k, (_, ms) in tombs.items() if ms < deleted_before_ms][: limit - purged]:
+                del tombs[key]
+                purged += 1
+        return purged
 
     async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
         taken: list[Message] = []
@@ -119,10 +140,10 @@ class MemoryStore:
             total ^= d.digest
         return total
 
-    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
-        states = [(k, False) for k in self._queued.get(mailbox, {})]
-        states += [(k, True) for k in self._tombstones.get(mailbox, {})]
-        return sorted(s for s in states if s[0] > after_key)[:limit]
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[KeyState]:
+        states = [KeyState(k, False) for k in self._queued.get(mailbox, {})]
+        states += [KeyState(k, True, ms) for k, (_, ms) in self._tombstones.get(mailbox, {}).items()]
+        return sorted((s for s in states if s.key > after_key), key=lambda s: s.key)[:limit]
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
         box = self._queued.get(mailbox, {})

@@ -29,7 +29,15 @@ from typing import Any, TypeVar
 
 from grpc_messenger.errors import ResourceExhausted, StoreError
 from grpc_messenger.model import Message, PutOutcome
-from grpc_messenger.store.base import UNKNOWN_DIGEST, FetchPage, MailboxDigest, StoreCounts, decide, key_hash
+from grpc_messenger.store.base import (
+    UNKNOWN_DIGEST,
+    FetchPage,
+    KeyState,
+    MailboxDigest,
+    StoreCounts,
+    decide,
+    key_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,12 @@ CREATE TRIGGER IF NOT EXISTS digest_message_out AFTER DELETE ON messages BEGIN
         messages = messages - 1
     WHERE mailbox = old.mailbox;
 END;
+CREATE TRIGGER IF NOT EXISTS digest_tombstone_out AFTER DELETE ON tombstones BEGIN
+    UPDATE mailbox_digest SET digest = xor62(digest, key_hash(old.mailbox, 't', old.msg_key)),
+        tombstones = tombstones - 1
+    WHERE mailbox = old.mailbox;
+END;
+CREATE INDEX IF NOT EXISTS tombstones_by_age ON tombstones (deleted_unix_ms);
 CREATE TRIGGER IF NOT EXISTS digest_tombstone_in AFTER INSERT ON tombstones BEGIN
     INSERT INTO mailbox_digest (mailbox, digest, messages, tombstones)
     VALUES (new.mailbox, key_hash(new.mailbox, 't', new.msg_key), 0, 1)
@@ -257,8 +271,15 @@ class SqliteStore:
     async def state_digest(self) -> int:
         return await self._read(_state_digest)
 
-    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[tuple[str, bool]]:
+    async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[KeyState]:
         return await self._read(lambda conn: _key_states(conn, mailbox, after_key, limit))
+
+    async def apply_tombstones(self, mailbox: str, tombstones: Sequence[tuple[str, int]]) -> int:
+        items = list(tombstones)
+        return await self._write(lambda conn: _tombstone(conn, mailbox, items))
+
+    async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
+        return await self._write(lambda conn: _purge(conn, deleted_before_ms, limit))
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
         key_list = list(keys)
@@ -314,17 +335,31 @@ def _put_many(conn: sqlite3.Connection, messages: list[Message]) -> list[PutOutc
 
 
 def _ack(conn: sqlite3.Connection, mailbox: str, keys: list[str], now_ms: int) -> int:
+    return _tombstone(conn, mailbox, [(key, now_ms) for key in keys])
+
+
+def _tombstone(conn: sqlite3.Connection, mailbox: str, tombstones: list[tuple[str, int]]) -> int:
     deleted = 0
-    for key in keys:
+    for key, deleted_ms in tombstones:
         row = conn.execute(
             "DELETE FROM messages WHERE mailbox = ? AND msg_key = ? RETURNING digest", (mailbox, key)
         ).fetchone()
         deleted += row is not None
         conn.execute(
-            "INSERT OR IGNORE INTO tombstones (mailbox, msg_key, digest, deleted_unix_ms) VALUES (?, ?, ?, ?)",
-            (mailbox, key, row[0] if row else UNKNOWN_DIGEST, now_ms),
+            "INSERT INTO tombstones (mailbox, msg_key, digest, deleted_unix_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET deleted_unix_ms = min(deleted_unix_ms, excluded.deleted_unix_ms)",
+            (mailbox, key, row[0] if row else UNKNOWN_DIGEST, deleted_ms),
         )
     return deleted
+
+
+def _purge(conn: sqlite3.Connection, deleted_before_ms: int, limit: int) -> int:
+    cursor = conn.execute(
+        "DELETE FROM tombstones WHERE (mailbox, msg_key) IN"
+        " (SELECT mailbox, msg_key FROM tombstones WHERE deleted_unix_ms < ? LIMIT ?)",
+        (deleted_before_ms, limit),
+    )
+    return cursor.rowcount
 
 
 def _take(conn: sqlite3.Connection, mailbox: str, limit: int, max_bytes: int, now_ms: int) -> list[Message]:
@@ -390,14 +425,14 @@ def _state_digest(conn: sqlite3.Connection) -> int:
     return total
 
 
-def _key_states(conn: sqlite3.Connection, mailbox: str, after_key: str, limit: int) -> list[tuple[str, bool]]:
+def _key_states(conn: sqlite3.Connection, mailbox: str, after_key: str, limit: int) -> list[KeyState]:
     rows = conn.execute(
-        "SELECT msg_key, 0 FROM messages WHERE mailbox = ? AND msg_key > ?"
-        " UNION ALL SELECT msg_key, 1 FROM tombstones WHERE mailbox = ? AND msg_key > ?"
+        "SELECT msg_key, 0, 0 FROM messages WHERE mailbox = ? AND msg_key > ?"
+        " UNION ALL SELECT msg_key, 1, deleted_unix_ms FROM tombstones WHERE mailbox = ? AND msg_key > ?"
         " ORDER BY 1 LIMIT ?",
         (mailbox, after_key, mailbox, after_key, limit),
     ).fetchall()
-    return [(key, bool(tomb)) for key, tomb in rows]
+    return [KeyState(key, bool(tomb), deleted_ms) for key, tomb, deleted_ms in rows]
 
 
 def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list[Message]:

@@ -1,0 +1,118 @@
+"""Replica metrics in the Prometheus text format, on their own small HTTP listener.
+
+One registry per replica (no global state), filled by a gRPC interceptor (every
+unary RPC: count by method and status code, latency histogram) and by the
+servicer and repairer (messages stored by outcome, repair work). Store sizes
+are refreshed periodically by the replica, not computed on scrape, so a scrape
+never waits on the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from grpc_messenger.config import parse_listen
+from grpc_messenger.errors import InvalidInput
+from grpc_messenger.store.base import StoreCounts
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class ReplicaMetrics:
+    """The metrics of one replica and, optionally, the HTTP listener that serves them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rpcs = Counter(
+            "messenger_rpcs", "RPCs answered, by method and status code", ["method", "code"], registry=self.registry
+        )
+        self.rpc_seconds = Histogram(
+            "messenger_rpc_seconds",
+            "Time to answer an RPC",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.messages = Counter(
+            "messenger_messages",
+            "Messages a Send or SendBatch handled, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.repair = Counter(
+            "messenger_repair",
+            "Repair work done, by kind (pulled, tombstoned, rejected)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.repair_rounds = Counter(
+            "messenger_repair_rounds", "Repair rounds with peers, by result", ["result"], registry=self.registry
+        )
+        self.stored = Gauge("messenger_store_messages", "Messages queued in the store", registry=self.registry)
+        self.mailboxes = Gauge("messenger_store_mailboxes", "Mailboxes with queued messages", registry=self.registry)
+        self.tombstones = Gauge("messenger_store_tombstones", "Tombstones kept", registry=self.registry)
+        self._http: Any = None
+
+    def observe_store(self, counts: StoreCounts) -> None:
+        """Refresh the store gauges."""
+        self.stored.set(counts.messages)
+        self.mailboxes.set(counts.mailboxes)
+        self.tombstones.set(counts.tombstones)
+
+    def serve(self, address: str) -> int:
+        """Serve /metrics on `address` (host:port, port 0 for any); return the port."""
+        host, port = parse_listen(address)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise InvalidInput(f"cannot serve metrics on {address}: {exc}") from exc
+        self._http = server
+        return int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop the HTTP listener, if any."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary RPC; streams pass through untouched."""
+
+    def __init__(self, metrics: ReplicaMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner: Any = handler.unary_unary  # an async callable under grpc.aio
+        metrics = self._metrics
+
+        async def measured(request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await inner(request, context)
+            finally:
+                code = context.code() if hasattr(context, "code") else None
+                name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+                metrics.rpcs.labels(method, name).inc()
+                metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            measured,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

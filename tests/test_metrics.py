@@ -1,0 +1,45 @@
+"""Prometheus metrics from a real replica: RPCs by method and code, messages by outcome, store gauges."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+
+import grpc
+
+from grpc_messenger.model import new_key
+from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from tests.conftest import ReplicaFactory, wait_until
+
+
+def scrape(address: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_rpcs_outcomes_and_store_sizes(replica_factory: ReplicaFactory) -> None:
+    replica = replica_factory.replica(extra_args=("--metrics-listen", "127.0.0.1:0"))
+    metrics = json.loads((replica.data_dir / "ready.json").read_text())["metrics"]
+    assert metrics.startswith("127.0.0.1:")
+    with grpc.insecure_channel(replica.address) as channel:
+        stub = pb_grpc.MessengerServiceStub(channel)
+        good = pb.SendRequest(key=new_key(), msg="hi", self_email="a@example.org", dest_email="b@example.org")
+        stub.SendBatch(pb.SendBatchRequest(messages=[good, good, pb.SendRequest(msg="", key=new_key())]), timeout=10)
+        with contextlib.suppress(grpc.RpcError):  # refused: counted as INVALID_ARGUMENT
+            stub.Send(pb.SendRequest(msg="", self_email="a@example.org", dest_email="b@example.org"), timeout=10)
+    wait_until(lambda: scrape(metrics).get("messenger_store_messages") == 1.0, timeout_s=20)
+    samples = scrape(metrics)
+    assert samples['messenger_messages_total{outcome="stored"}'] == 1
+    assert samples['messenger_messages_total{outcome="already_stored"}'] == 1
+    assert samples['messenger_messages_total{outcome="rejected"}'] == 1
+    assert samples['messenger_rpcs_total{code="OK",method="SendBatch"}'] == 1
+    assert samples['messenger_rpcs_total{code="INVALID_ARGUMENT",method="Send"}'] == 1
+    assert samples['messenger_rpc_seconds_count{method="SendBatch"}'] == 1
