@@ -176,3 +176,6 @@ def print_report(result: ChaosResult) -> None:
     click.echo(f"  read failures   {r.read_failures}   replicas down at end {result.replicas_down_end}")
     verdict = "PASS" if result.ok else "FAIL"
     click.echo(f"{verdict}: lost={r.lost} duplicated={r.duplicated} phantom={r.phantom}")
+    if r.settle_s is None or r.under_replicated:
+        # not an exit-status failure (the contract's promise is about loss), but the repair promise is broken
+        click.echo(f"WARN: replicas did not converge: under_replicated={r.under_replicated} after the settle bound")
