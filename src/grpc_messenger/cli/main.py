@@ -550,3 +550,8 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from grpc_messenger.cli.chaos import chaos_command  # noqa: E402  (registered last: keeps merges easy)
+
+cli.add_command(chaos_command)
