@@ -256,3 +256,40 @@ def test_repair_tombstones_keep_the_earliest_time_and_purge_by_age(make_store: C
     assert [s.key for s in run(store.key_states(BOB, after_key="", limit=10))] == ["other-key"]
     assert run(store.digests(after_mailbox="", limit=10)) != before
     assert run(store.counts()).tombstones == 1
+
+
+def _stored(path: Path, batch: list[Message]) -> None:
+    store = SqliteStore(path)
+    run(store.put_many(batch))
+    run(store.close())  # clean close: everything is checkpointed into the main file
+
+
+def test_a_byte_flipped_in_a_stored_key_is_caught_at_open(tmp_path: Path) -> None:
+    """Found by `messenger chaos`: quick_check passed and the row was served under a key nobody sent."""
+    path = tmp_path / "s.sqlite3"
+    _stored(path, [message(f"body {i}", key=f"key-{i:04d}AAAA") for i in range(50)])
+    data = bytearray(path.read_bytes())
+    at = data.find(b"key-0007AAAAalice@example.org")  # the table row: msg_key, then sender
+    assert at > 0
+    data[at + 8] = ord("B")  # still a well-formed key, now missing from the unique index
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="integrity check failed"):
+        SqliteStore(path)
+
+
+def test_a_key_or_body_changed_behind_our_back_is_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    batch = [message(f"m{i}", key=f"key-{i}") for i in range(4)]
+    _stored(path, batch)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE messages SET msg_key = 'key-phantom' WHERE msg_key = 'key-1'")  # index stays consistent
+    conn.execute("UPDATE messages SET body = CAST(X'ff41' AS TEXT) WHERE msg_key = 'key-2'")  # not UTF-8
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        page = run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6))
+        assert [m.key for m in page.messages] == ["key-0", "key-3"]  # the rest of the mailbox still reads
+        assert run(store.get_queued(BOB, ["key-phantom", "key-2", "key-3"])) == [batch[3]]
+    finally:
+        run(store.close())

@@ -82,9 +82,15 @@ def legacy_key(*, sender: str, legacy_id: int, body: str) -> str:
     return f"legacy-{digest[:40]}"
 
 
-def content_digest(*, sender: str, recipient: str, body: str) -> str:
-    """What makes two copies of one key "the same message" (also a checksum)."""
-    data = f"{sender}\0{recipient}\0{body}".encode("utf-8", "surrogatepass")
+def content_digest(*, key: str, sender: str, recipient: str, body: str) -> str:
+    """What makes two copies of one key "the same message", and a stored row's checksum.
+
+    Copies are only ever compared under the same (mailbox, key), so covering the
+    key and mailbox changes no comparison, but it lets a replica notice a damaged
+    key or mailbox on disk instead of serving a message under a key nobody sent.
+    The creation time is left out: legacy copies are stamped by each replica.
+    """
+    data = f"{key}\0{sender}\0{recipient}\0{body}".encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).hexdigest()
 
 
@@ -102,7 +108,7 @@ class Message:
     @property
     def digest(self) -> str:
         """Content digest: equal for retries of one message, different otherwise."""
-        return content_digest(sender=self.sender, recipient=self.recipient, body=self.body)
+        return content_digest(key=self.key, sender=self.sender, recipient=self.recipient, body=self.body)
 
     def sort_key(self) -> tuple[int, str, str]:
         """Order shown to the user: creation time, then sender, then key."""

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -150,6 +150,9 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    # Damaged text must fail its row's checksum, not the whole page: undecodable bytes
+    # become lone surrogates, which no valid message contains, so the digest differs.
+    conn.text_factory = _decode_text
     # the digest triggers call these; every connection that writes needs them
     conn.create_function("key_hash", 3, key_hash, deterministic=True)
     conn.create_function("xor62", 2, operator.xor, deterministic=True)
@@ -157,6 +160,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     # FULL: WAL is fsynced at every commit, so an ack survives power loss too.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _row_to_message(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Message, str]:
@@ -198,7 +205,9 @@ class SqliteStore:
 
     @staticmethod
     def _check_integrity(conn: sqlite3.Connection) -> None:
-        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        # the full check: quick_check misses index/table mismatches (a damaged key or
+        # tombstone row) that would otherwise be served, or never repaired
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
         if rows != ["ok"]:
             raise StoreError(f"integrity check failed: {'; '.join(rows[:5])}")
 
