@@ -97,7 +97,7 @@ def assert_replica_sound(c: Campaign) -> None:
         assert 0 < len(body.encode("utf-8")) <= MAX_BODY_BYTES
         assert 0 < created <= MAX_UNIX_MS
         assert legacy_id >= 0
-        assert digest == content_digest(sender=sender, recipient=mailbox, body=body)
+        assert digest == content_digest(key=key, sender=sender, recipient=mailbox, body=body)
         n, b = expected_usage.get(mailbox, (0, 0))
         expected_usage[mailbox] = (n + 1, b + len(body.encode("utf-8")))
     assert usage == expected_usage
