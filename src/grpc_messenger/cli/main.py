@@ -552,6 +552,8 @@ def main() -> None:
         sys.exit(130)
 
 
-from grpc_messenger.cli.chaos import chaos_command  # noqa: E402  (registered last: keeps merges easy)
+from grpc_messenger.bench.command import bench  # noqa: E402  (registered last: keeps merges easy)
+from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 
 cli.add_command(chaos_command)
+cli.add_command(bench)

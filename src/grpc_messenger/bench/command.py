@@ -1,0 +1,57 @@
+"""The `messenger bench` command (registered on the CLI group by cli/main.py)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Fewer messages, no scale rows: under 90 s (what CI runs).")
+@click.option("--scale/--no-scale", default=None, help="Scale rows (replicas, mailbox size, mailbox count) [full: on].")
+@click.option("--messages", type=click.IntRange(100, 1_000_000), help="Messages per row [10,000; quick 3,000].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the PNG goes [bench-results/bench-<time>.png].",
+)
+@click.option("--no-plot", is_flag=True, help="Do not draw a plot.")
+def bench(
+    quick: bool, scale: bool | None, messages: int | None, json_path: Path | None, plot_path: Path | None, no_plot: bool
+) -> None:
+    """Measure every configuration of issue 4 side by side and print ratios (starts its own servers)."""
+    from dataclasses import replace
+
+    from grpc_messenger.bench import report, suite
+
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True, highlight=False)
+    started = time.monotonic()
+    workload = suite.QUICK if quick else suite.FULL
+    if messages is not None:
+        workload = replace(workload, messages=messages)
+
+    def progress(line: str) -> None:
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s {line}[/]")
+
+    rows = suite.run_suite(
+        quick=quick, scale=(not quick) if scale is None else scale, workload=workload, progress=progress
+    )
+    machine = suite.machine()
+    report.print_report(out, rows, machine=machine)
+    command = " ".join(["messenger", *(shlex.quote(a) for a in sys.argv[1:])])
+    if json_path is not None:
+        report.write_json(json_path, report.to_json(rows, machine=machine, command=command))
+        out.print(f"JSON: {json_path}")
+    if not no_plot:
+        path = plot_path or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        drawn = report.plot(rows, path)
+        out.print(f"plot: {drawn}" if drawn else "plot: skipped (matplotlib missing: pip install -e '.[bench]')")
+    out.print(f"total {time.monotonic() - started:.0f} s")
