@@ -70,3 +70,8 @@ def outcome_from_pb(value: pb.SendOutcome.ValueType) -> PutOutcome | None:
 def batch_request(messages: Iterable[Message]) -> pb.SendBatchRequest:
     """A SendBatch request for these messages."""
     return pb.SendBatchRequest(messages=[message_to_pb(m) for m in messages])
+
+
+def batch_request_of(requests: list[pb.SendRequest]) -> pb.SendBatchRequest:
+    """A SendBatch request of messages already in wire form (built once, sent to every replica)."""
+    return pb.SendBatchRequest(messages=requests)

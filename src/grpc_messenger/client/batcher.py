@@ -3,6 +3,10 @@
 Like Kafka's producer linger: the first message of a batch waits at most
 `linger_s` for company, a full batch leaves at once. One unary call carries
 many messages, and the replica commits them with one fsync.
+
+Each queued message carries a sink, a plain callback that receives this
+replica's outcome for it exactly once. No future or task per message and
+replica: on the hot path those cost more than the message itself.
 """
 
 from __future__ import annotations
@@ -14,24 +18,21 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from grpc_messenger import wire
-from grpc_messenger.model import Message, PutOutcome, ReplicaOutcome, ReplicaState
+from grpc_messenger.model import PutOutcome, ReplicaOutcome, ReplicaState
 from grpc_messenger.proto import messenger_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 SendBatchCall = Callable[[pb.SendBatchRequest], Awaitable[pb.SendBatchResponse]]
-
+# Receives one replica's outcome for one message, exactly once; must not raise.
+Sink = Callable[[ReplicaOutcome], None]
 _DENIED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-_STATE_FOR = {
-    PutOutcome.STORED: ReplicaState.STORED,
-    PutOutcome.ALREADY_STORED: ReplicaState.ALREADY_STORED,
-}
 
 
 class Batcher:
     """Queues messages for one replica and sends them in bounded batches.
 
-    Every submitted message gets a future that resolves to a ReplicaOutcome
+    Every submitted message's sink is called once with a ReplicaOutcome
     (never an exception). The batcher owns its in-flight calls; `close` waits
     for them.
     """
@@ -43,20 +44,20 @@ class Batcher:
         self._call = call
         self._linger_s = linger_s
         self._batch_messages_max = batch_messages_max
-        self._pending: list[tuple[Message, asyncio.Future[ReplicaOutcome]]] = []
+        self._pending: list[tuple[pb.SendRequest, Sink]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # frozen values: one shared instance per state instead of one per message
+        self._stored = ReplicaOutcome(replica, ReplicaState.STORED)
+        self._already_stored = ReplicaOutcome(replica, ReplicaState.ALREADY_STORED)
 
-    def submit(self, message: Message) -> asyncio.Future[ReplicaOutcome]:
-        """Queue `message`; the future resolves when this replica answered for it."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ReplicaOutcome] = loop.create_future()
-        self._pending.append((message, future))
+    def submit(self, request: pb.SendRequest, sink: Sink) -> None:
+        """Queue one message (already in wire form); `sink` gets this replica's outcome."""
+        self._pending.append((request, sink))
         if len(self._pending) >= self._batch_messages_max:
             self.flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._linger_s, self.flush)
-        return future
+            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self.flush)
 
     def flush(self) -> None:
         """Send what is queued now."""
@@ -70,8 +71,8 @@ class Batcher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _send(self, batch: list[tuple[Message, asyncio.Future[ReplicaOutcome]]]) -> None:
-        request = wire.batch_request(m for m, _ in batch)
+    async def _send(self, batch: list[tuple[pb.SendRequest, Sink]]) -> None:
+        request = wire.batch_request_of([r for r, _ in batch])
         try:
             response = await self._call(request)
         except grpc.RpcError as exc:
@@ -80,22 +81,38 @@ class Batcher:
             log.debug("event=send.batch_failed replica=%s n=%d code=%s", self.replica, len(batch), code.name)
             # an auth refusal is final: the outbox must not deliver it later, maybe under another token
             state = ReplicaState.DENIED if code in _DENIED_CODES else ReplicaState.FAILED
-            failed = ReplicaOutcome(self.replica, state, f"{code.name}: {details}")
-            for _, future in batch:
-                _resolve(future, failed)
+            self._settle_all(batch, ReplicaOutcome(self.replica, state, f"{code.name}: {details}"))
             return
         except asyncio.CancelledError:
-            cancelled = ReplicaOutcome(self.replica, ReplicaState.PENDING, "client closed")
-            for _, future in batch:
-                _resolve(future, cancelled)
+            self._settle_all(batch, ReplicaOutcome(self.replica, ReplicaState.PENDING, "client closed"))
             raise
         if len(response.results) != len(batch):
-            broken = ReplicaOutcome(self.replica, ReplicaState.FAILED, "replica answered a different count")
-            for _, future in batch:
-                _resolve(future, broken)
+            self._settle_all(
+                batch, ReplicaOutcome(self.replica, ReplicaState.FAILED, "replica answered a different count")
+            )
             return
-        for (message, future), result in zip(batch, response.results, strict=True):
-            _resolve(future, _outcome(self.replica, message, result))
+        for (sent, sink), result in zip(batch, response.results, strict=True):
+            sink(self._outcome(sent.key, result))
+
+    @staticmethod
+    def _settle_all(batch: list[tuple[pb.SendRequest, Sink]], outcome: ReplicaOutcome) -> None:
+        for _, sink in batch:
+            sink(outcome)
+
+    def _outcome(self, key: str, result: pb.SendResult) -> ReplicaOutcome:
+        outcome = wire.outcome_from_pb(result.outcome)
+        if result.key and result.key != key:
+            return ReplicaOutcome(self.replica, ReplicaState.FAILED, "replica answered for a different key")
+        if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
+            # the mailbox is full for now: retryable, unlike a rejection
+            return ReplicaOutcome(self.replica, ReplicaState.FAILED, f"RESOURCE_EXHAUSTED: {result.error}")
+        if outcome is PutOutcome.STORED:
+            return self._stored
+        if outcome is PutOutcome.ALREADY_STORED:
+            return self._already_stored
+        if outcome is PutOutcome.CONFLICT:
+            return ReplicaOutcome(self.replica, ReplicaState.CONFLICT, f"key {key} holds other content")
+        return ReplicaOutcome(self.replica, ReplicaState.REJECTED, result.error or "unknown outcome")
 
     async def close(self) -> None:
         """Send what is queued and wait for every in-flight call."""
@@ -104,28 +121,9 @@ class Batcher:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def cancel(self) -> None:
-        """Abandon in-flight calls (their futures resolve as PENDING)."""
+        """Abandon in-flight calls (their sinks get PENDING)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for task in self._in_flight:
             task.cancel()
-
-
-def _outcome(replica: str, message: Message, result: pb.SendResult) -> ReplicaOutcome:
-    outcome = wire.outcome_from_pb(result.outcome)
-    if result.key and result.key != message.key:
-        return ReplicaOutcome(replica, ReplicaState.FAILED, "replica answered for a different key")
-    if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
-        # the mailbox is full for now: retryable, unlike a rejection
-        return ReplicaOutcome(replica, ReplicaState.FAILED, f"RESOURCE_EXHAUSTED: {result.error}")
-    if outcome is PutOutcome.CONFLICT:
-        return ReplicaOutcome(replica, ReplicaState.CONFLICT, f"key {message.key} holds other content")
-    if outcome is None:
-        return ReplicaOutcome(replica, ReplicaState.REJECTED, result.error or "unknown outcome")
-    return ReplicaOutcome(replica, _STATE_FOR[outcome])
-
-
-def _resolve(future: asyncio.Future[ReplicaOutcome], outcome: ReplicaOutcome) -> None:
-    if not future.done():
-        future.set_result(outcome)

@@ -10,13 +10,13 @@ the local inbox (stored before acked), then hands out what was never shown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_messenger import wire
-from grpc_messenger.client.batcher import Batcher, SendBatchCall
+from grpc_messenger.client.batcher import Batcher, SendBatchCall, Sink
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
@@ -212,39 +212,49 @@ class AsyncMessenger:
         Check each report's `.ok`; invalid drafts raise InvalidInput before anything is sent.
         """
         messages = [self._draft_to_message(d) for d in drafts]
+        self._require_open()
         reports: list[SendReport] = []
-        chunk = self.config.batch_messages_max * 4  # bounds tasks and futures in flight
+        chunk = self.config.batch_messages_max * 4  # bounds messages in flight
+        quorum = self.config.write_quorum
         for start in range(0, len(messages), chunk):
-            part = messages[start : start + chunk]
-            reports.extend(await asyncio.gather(*(self._deliver(m) for m in part)))
+            tallies = [self._submit(m, need=quorum) for m in messages[start : start + chunk]]
+            # the caller handed over the whole list: nothing more to wait for, send it now
+            for link in self._links:
+                link.batcher.flush()
+            for tally in tallies:
+                await tally.done
+            reports.extend(tally.report() for tally in tallies)
         return reports
+
+    def _submit(self, message: Message, *, need: int) -> _Tally:
+        """Queue `message` on every replica's batcher; the tally resolves once `need` acked or all answered."""
+        loop = asyncio.get_running_loop()
+        tally = _Tally(message.key, self.config.write_quorum, [link.address for link in self._links], need, loop)
+        request = wire.message_to_pb(message)  # built once, copied into each replica's batch
+        for index, link in enumerate(self._links):
+            sink = functools.partial(tally.record, index)
+            if self._outbox is not None:
+                sink = functools.partial(self._record_and_note, sink, message)
+            link.batcher.submit(request, sink)
+        return tally
+
+    def _record_and_note(self, record: Sink, message: Message, outcome: ReplicaOutcome) -> None:
+        record(outcome)
+        self._note_outcome(message, outcome)
 
     async def _deliver(self, message: Message, *, settle: bool = False) -> SendReport:
         self._require_open()
-        futures = [link.batcher.submit(message) for link in self._links]
-        if self._outbox is not None:
-            for future in futures:
-                future.add_done_callback(partial(self._note_outcome, message))
-        quorum = self.config.write_quorum
-        wait_for = len(futures) if settle else quorum
-        acknowledged = 0
-        pending: set[asyncio.Future[ReplicaOutcome]] = set(futures)
-        while pending and acknowledged < wait_for:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            acknowledged += sum(1 for f in done if f.result().state.acknowledged)
-        outcomes = tuple(
-            f.result() if f.done() else ReplicaOutcome(link.address, ReplicaState.PENDING)
-            for f, link in zip(futures, self._links, strict=True)
-        )
-        report = SendReport(key=message.key, write_quorum=quorum, replicas=outcomes)
-        log.debug("event=send.reported key=%s acked=%d", message.key, report.acknowledged)
+        tally = self._submit(message, need=len(self._links) if settle else self.config.write_quorum)
+        await tally.done
+        report = tally.report()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event=send.reported key=%s acked=%d", message.key, report.acknowledged)
         return report
 
     # --- outbox (hinted hand-off) ---------------------------------------------
 
-    def _note_outcome(self, message: Message, future: asyncio.Future[ReplicaOutcome]) -> None:
+    def _note_outcome(self, message: Message, outcome: ReplicaOutcome) -> None:
         """A replica answered (or gave up) for `message`: owe it there if it failed."""
-        outcome = future.result()
         if outcome.state in (ReplicaState.FAILED, ReplicaState.PENDING):
             self._owed_buffer.append((message, outcome.replica, outcome.error))
             if len(self._owed_buffer) == 1 and not self._closed:
@@ -482,6 +492,46 @@ class AsyncMessenger:
         if self._closed:
             raise RuntimeError("this messenger is closed")
         self.connect()
+
+
+class _Tally:
+    """One message's answers from every replica; `done` resolves once `need` acked or all answered.
+
+    Replicas that answer after that still record their outcome here (nobody
+    waits for it any more); the report taken earlier shows them as pending.
+    """
+
+    __slots__ = ("_acked", "_answered", "_need", "_outcomes", "_replicas", "done", "key", "write_quorum")
+
+    def __init__(
+        self, key: str, write_quorum: int, replicas: list[str], need: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        assert 1 <= need <= len(replicas)
+        self.key = key
+        self.write_quorum = write_quorum
+        self._replicas = replicas
+        self._need = need
+        self._outcomes: list[ReplicaOutcome | None] = [None] * len(replicas)
+        self._acked = 0
+        self._answered = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def record(self, index: int, outcome: ReplicaOutcome) -> None:
+        """The sink of replica `index`: called once by its batcher."""
+        assert self._outcomes[index] is None, "a replica answered twice for one message"
+        self._outcomes[index] = outcome
+        self._answered += 1
+        self._acked += outcome.state.acknowledged
+        if (self._acked >= self._need or self._answered == len(self._outcomes)) and not self.done.done():
+            self.done.set_result(None)
+
+    def report(self) -> SendReport:
+        """What each replica did so far (PENDING where no answer came yet)."""
+        outcomes = tuple(
+            o if o is not None else ReplicaOutcome(r, ReplicaState.PENDING)
+            for o, r in zip(self._outcomes, self._replicas, strict=True)
+        )
+        return SendReport(key=self.key, write_quorum=self.write_quorum, replicas=outcomes)
 
 
 def merge_unique(batches: Iterable[Iterable[Message]]) -> list[Message]:
