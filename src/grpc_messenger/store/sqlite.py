@@ -353,10 +353,28 @@ def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The common case in one statement: insert unless the key is tombstoned or already
+# stored. Only when nothing was inserted do we look at what is there, to tell
+# ALREADY_STORED from CONFLICT (a unique index lookup each, O(log n)).
+_INSERT_NEW = (
+    "INSERT INTO messages (msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE mailbox = ? AND msg_key = ?)"
+    " ON CONFLICT (mailbox, msg_key) DO NOTHING"
+)
+
+
 def _put_many(conn: sqlite3.Connection, messages: list[Message]) -> list[PutOutcome]:
     outcomes = []
     for m in messages:
         digest = m.digest
+        inserted = conn.execute(
+            _INSERT_NEW,
+            (m.key, m.sender, m.recipient, m.body, m.created_unix_ms, m.legacy_id, digest, m.recipient, m.key),
+        ).rowcount
+        if inserted == 1:
+            outcomes.append(PutOutcome.STORED)
+            continue
         stored = conn.execute(
             "SELECT digest FROM messages WHERE mailbox = ? AND msg_key = ?", (m.recipient, m.key)
         ).fetchone()
@@ -370,13 +388,8 @@ def _put_many(conn: sqlite3.Connection, messages: list[Message]) -> list[PutOutc
             stored_digest=stored[0] if stored else None,
             tombstone_digest=tomb[0] if tomb else None,
         )
-        if outcome is None:
-            conn.execute(
-                "INSERT INTO messages (msg_key, sender, mailbox, body, created_unix_ms, legacy_id, digest)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (m.key, m.sender, m.recipient, m.body, m.created_unix_ms, m.legacy_id, digest),
-            )
-            outcome = PutOutcome.STORED
+        # pair assertion: nothing was inserted, so the key must be known here
+        assert outcome is not None, "insert skipped a key that is neither stored nor tombstoned"
         outcomes.append(outcome)
     return outcomes
 
