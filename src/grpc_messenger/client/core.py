@@ -372,43 +372,78 @@ class AsyncMessenger:
         """
         validate_address(address, what="mailbox address")
         self._require_open()
-        results = await asyncio.gather(*(self._drain(link, address) for link in self._links))
-        answered = tuple(link.address for link, (_, err) in zip(self._links, results, strict=True) if err is None)
-        failed = tuple(
-            (link.address, err) for link, (_, err) in zip(self._links, results, strict=True) if err is not None
-        )
-        pages_read = sum(n for n, _ in results)
+        pages_read, errors = await self._drain_all(address)
+        answered = tuple(link.address for i, link in enumerate(self._links) if i not in errors)
+        failed = tuple((self._links[i].address, err) for i, err in sorted(errors.items()))
         if not answered and not pages_read:
             raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
         fresh = await asyncio.to_thread(self.inbox.take_unshown, address)
         return ReadReport(messages=tuple(fresh), replicas_answered=answered, replicas_failed=failed)
 
-    async def _drain(self, link: _Link, address: str) -> tuple[int, str | None]:
-        """Move one replica's queue into the inbox; (pages read, error or None)."""
-        after_seq = 0
-        pages = 0
-        try:
-            for _ in range(PAGES_PER_READ_MAX):
-                page = await link.stub.Fetch(
-                    pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
-                    **self._call_options(),
-                )
-                pages += 1
+    async def _drain_all(self, address: str) -> tuple[int, dict[int, str]]:
+        """Move every replica's queue into the inbox; (pages read, error per failed replica index).
+
+        Replicas are read in rounds: one page from each (concurrently), the
+        union stored in the inbox in one transaction (one fsync for all of
+        them), then each replica acks the keys it returned. Stored before
+        acked holds for every replica; a replica that fails drops out of the
+        rounds with its error, the others go on.
+        """
+        after_seq = [0] * len(self._links)
+        errors: dict[int, str] = {}
+        active = list(range(len(self._links)))
+        pages_read = 0
+        for _ in range(PAGES_PER_READ_MAX):
+            if not active:
+                break
+            pages = await asyncio.gather(*(self._fetch_page(self._links[i], address, after_seq[i]) for i in active))
+            got: list[tuple[int, list[Message]]] = []
+            still: list[int] = []
+            for i, page in zip(active, pages, strict=True):
+                if isinstance(page, str):
+                    errors[i] = page
+                    continue
+                pages_read += 1
                 messages = [wire.stored_message_from_pb(m) for m in page.messages if m.dest_email == address]
                 if messages:
-                    await asyncio.to_thread(self.inbox.store_new, address, messages)
-                    # only now, with the copy on our disk, may the replica delete its own
-                    await link.stub.Ack(
-                        pb.AckRequest(self_email=address, keys=[m.key for m in messages]), **self._call_options()
-                    )
-                if not page.more:
-                    break
-                after_seq = page.next_after_seq
+                    got.append((i, messages))
+                if page.more:
+                    after_seq[i] = page.next_after_seq
+                    still.append(i)
+            if got:
+                union = [m for _, messages in got for m in messages]
+                await asyncio.to_thread(self.inbox.store_new, address, union)
+                # only now, with the copy on our disk, may the replicas delete their own
+                acks = await asyncio.gather(
+                    *(self._ack_keys(self._links[i], address, [m.key for m in messages]) for i, messages in got)
+                )
+                for (i, _), err in zip(got, acks, strict=True):
+                    if err is not None:
+                        errors[i] = err
+            active = [i for i in still if i not in errors]
+        return pages_read, errors
+
+    async def _fetch_page(self, link: _Link, address: str, after_seq: int) -> pb.FetchResponse | str:
+        """One page of a replica's queue, or the error as text."""
+        try:
+            return await link.stub.Fetch(
+                pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
+                **self._call_options(),
+            )
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             log.info("event=read.replica_failed replica=%s code=%s", link.address, error.code.name)
-            return pages, f"{error.code.name}: {error}"
-        return pages, None
+            return f"{error.code.name}: {error}"
+
+    async def _ack_keys(self, link: _Link, address: str, keys: list[str]) -> str | None:
+        """Ack `keys` on one replica; None or the error as text."""
+        try:
+            await link.stub.Ack(pb.AckRequest(self_email=address, keys=keys), **self._call_options())
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            log.info("event=read.ack_failed replica=%s code=%s", link.address, error.code.name)
+            return f"{error.code.name}: {error}"
+        return None
 
     async def fetch(self, address: str) -> ReadReport:
         """Peek: every queued message of `address` on any replica, merged, nothing acked or stored."""

@@ -399,18 +399,21 @@ def _ack(conn: sqlite3.Connection, mailbox: str, keys: list[str], now_ms: int) -
 
 
 def _tombstone(conn: sqlite3.Connection, mailbox: str, tombstones: list[tuple[str, int]]) -> int:
-    deleted = 0
-    for key, deleted_ms in tombstones:
-        row = conn.execute(
-            "DELETE FROM messages WHERE mailbox = ? AND msg_key = ? RETURNING digest", (mailbox, key)
-        ).fetchone()
-        deleted += row is not None
-        conn.execute(
-            "INSERT INTO tombstones (mailbox, msg_key, digest, deleted_unix_ms) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET deleted_unix_ms = min(deleted_unix_ms, excluded.deleted_unix_ms)",
-            (mailbox, key, row[0] if row else UNKNOWN_DIGEST, deleted_ms),
-        )
-    return deleted
+    # Two statements for the whole list, looped in C by executemany: first the
+    # tombstones (with the digest of the queued copy, if any; an existing
+    # tombstone keeps its digest and the earliest deletion time), then the delete.
+    conn.executemany(
+        "INSERT INTO tombstones (mailbox, msg_key, digest, deleted_unix_ms)"
+        " SELECT ?1, ?2, coalesce((SELECT digest FROM messages WHERE mailbox = ?1 AND msg_key = ?2), ?3), ?4"
+        " WHERE true"  # an INSERT ... SELECT needs a WHERE before ON CONFLICT (SQLite parsing)
+        " ON CONFLICT DO UPDATE SET deleted_unix_ms = min(deleted_unix_ms, excluded.deleted_unix_ms)",
+        [(mailbox, key, UNKNOWN_DIGEST, deleted_ms) for key, deleted_ms in tombstones],
+    )
+    deleted = conn.executemany(
+        "DELETE FROM messages WHERE mailbox = ? AND msg_key = ?", [(mailbox, key) for key, _ in tombstones]
+    ).rowcount
+    assert deleted <= len(tombstones)
+    return max(deleted, 0)
 
 
 def _purge(conn: sqlite3.Connection, deleted_before_ms: int, limit: int) -> int:
