@@ -20,6 +20,8 @@ from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT_S = 30.0
+# receive() returns at most this many per call: client memory is bounded by it, not by the mailbox
+READ_SLICE_MESSAGES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +171,8 @@ async def messenger_reads(servers: Sequence[str], w: Workload, *, boxes: Sequenc
         async def read(i: int) -> int:
             moved = 0
             # a very large mailbox takes several receive() calls (each is bounded)
-            for _ in range(100):
-                report = await messenger.receive(boxes[i])
+            for _ in range(1000):
+                report = await messenger.receive(boxes[i], limit=READ_SLICE_MESSAGES)
                 if not report.messages:
                     break
                 moved += len(report.messages)

@@ -363,25 +363,33 @@ class AsyncMessenger:
 
     # --- reads --------------------------------------------------------------
 
-    async def receive(self, address: str) -> ReadReport:
+    async def receive(self, address: str, *, limit: int | None = None) -> ReadReport:
         """Deliver new mail for `address`: every message exactly once, in display order.
 
         Drains every reachable replica into the local inbox (durably, before
         acking), acks on each replica, and returns what was never shown before.
-        Raises Unavailable only if no replica answered at all.
+        With `limit`, drains only about that many and returns at most `limit`
+        (the rest stays queued or in the inbox for the next call), so memory
+        stays bounded however large the mailbox. Raises Unavailable only if
+        no replica answered at all.
         """
         validate_address(address, what="mailbox address")
+        if limit is not None and limit < 1:
+            raise InvalidInput("limit must be at least 1")
         self._require_open()
-        pages_read, errors = await self._drain_all(address)
+        pages_read, errors = await self._drain_all(address, stored_max=limit)
         answered = tuple(link.address for i, link in enumerate(self._links) if i not in errors)
         failed = tuple((self._links[i].address, err) for i, err in sorted(errors.items()))
         if not answered and not pages_read:
             raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
-        fresh = await asyncio.to_thread(self.inbox.take_unshown, address)
+        fresh = await asyncio.to_thread(functools.partial(self.inbox.take_unshown, address, limit=limit))
         return ReadReport(messages=tuple(fresh), replicas_answered=answered, replicas_failed=failed)
 
-    async def _drain_all(self, address: str) -> tuple[int, dict[int, str]]:
+    async def _drain_all(self, address: str, *, stored_max: int | None = None) -> tuple[int, dict[int, str]]:
         """Move every replica's queue into the inbox; (pages read, error per failed replica index).
+
+        With `stored_max`, stop after the round in which that many messages
+        (counted once per key) reached the inbox.
 
         Replicas are read in rounds: one page from each (concurrently), the
         union stored in the inbox in one transaction (one fsync for all of
@@ -393,8 +401,9 @@ class AsyncMessenger:
         errors: dict[int, str] = {}
         active = list(range(len(self._links)))
         pages_read = 0
+        stored = 0
         for _ in range(PAGES_PER_READ_MAX):
-            if not active:
+            if not active or (stored_max is not None and stored >= stored_max):
                 break
             pages = await asyncio.gather(*(self._fetch_page(self._links[i], address, after_seq[i]) for i in active))
             got: list[tuple[int, list[Message]]] = []
@@ -412,7 +421,7 @@ class AsyncMessenger:
                     still.append(i)
             if got:
                 union = [m for _, messages in got for m in messages]
-                await asyncio.to_thread(self.inbox.store_new, address, union)
+                stored += len(await asyncio.to_thread(self.inbox.store_new, address, union))
                 # only now, with the copy on our disk, may the replicas delete their own
                 acks = await asyncio.gather(
                     *(self._ack_keys(self._links[i], address, [m.key for m in messages]) for i, messages in got)

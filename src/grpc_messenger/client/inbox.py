@@ -83,20 +83,26 @@ class LocalInbox:
                 raise
         return fresh
 
-    def take_unshown(self, owner: str) -> list[Message]:
-        """Every stored message of `owner` not yet shown, in display order; mark them shown.
+    def take_unshown(self, owner: str, *, limit: int | None = None) -> list[Message]:
+        """Stored messages of `owner` not yet shown, in display order (the first `limit`); mark them shown.
 
         Includes messages stored by an earlier read that died before showing them.
         """
+        assert limit is None or limit >= 1
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._conn.execute(
                     "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
-                    " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key",
-                    (owner,),
+                    " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key LIMIT ?",
+                    (owner, -1 if limit is None else limit),
                 ).fetchall()
-                self._conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
+                if limit is None:
+                    self._conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
+                else:
+                    self._conn.executemany(
+                        "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key = ?", [(owner, r[0]) for r in rows]
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

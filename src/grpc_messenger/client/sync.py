@@ -58,9 +58,9 @@ class Messenger:
         """See AsyncMessenger.send_many."""
         return self._run(self._core.send_many(list(drafts)))
 
-    def receive(self, address: str) -> ReadReport:
+    def receive(self, address: str, *, limit: int | None = None) -> ReadReport:
         """See AsyncMessenger.receive."""
-        return self._run(self._core.receive(address))
+        return self._run(self._core.receive(address, limit=limit))
 
     def fetch(self, address: str) -> ReadReport:
         """See AsyncMessenger.fetch."""

@@ -1,0 +1,35 @@
+"""receive(limit=...) keeps memory bounded by the limit, not the mailbox, and still delivers exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grpc_messenger import ClientConfig, Draft, InvalidInput, Messenger
+from tests.conftest import ReplicaFactory
+
+
+def test_receive_with_limit_delivers_everything_once_in_bounded_slices(
+    replica_factory: ReplicaFactory, client_home: Path, mailbox: str
+) -> None:
+    cluster = replica_factory.cluster(3)
+    config = ClientConfig(servers=cluster.servers, data_dir=client_home, write_quorum=3, timeout_s=10.0, page_size=200)
+    bodies = [f"message {i:04d}" for i in range(1100)]
+    with Messenger(config) as m:
+        assert all(r.ok for r in m.send_many(Draft("alice@example.org", mailbox, b) for b in bodies))
+        slices = []
+        for _ in range(20):  # bounded: 1100 / 300 needs 4 slices
+            report = m.receive(mailbox, limit=300)
+            assert report.complete
+            if not report.messages:
+                break
+            assert len(report.messages) <= 300
+            slices.append([msg.body for msg in report.messages])
+        with pytest.raises(InvalidInput):
+            m.receive(mailbox, limit=0)
+        assert m.fetch(mailbox).messages == ()
+    shown = [body for part in slices for body in part]
+    assert len(slices) == 4
+    assert sorted(shown) == bodies
+    assert len(set(shown)) == len(shown)
