@@ -14,6 +14,7 @@ from rich.console import Console
 @click.command()
 @click.option("--quick", is_flag=True, help="Fewer messages, no scale rows: under 90 s (what CI runs).")
 @click.option("--scale/--no-scale", default=None, help="Scale rows (replicas, mailbox size, mailbox count) [full: on].")
+@click.option("--huge", is_flag=True, help="Add the 1,000,000-message mailbox to the scale rows (~6 more minutes).")
 @click.option("--messages", type=click.IntRange(100, 1_000_000), help="Messages per row [10,000; quick 3,000].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
 @click.option(
@@ -24,7 +25,13 @@ from rich.console import Console
 )
 @click.option("--no-plot", is_flag=True, help="Do not draw a plot.")
 def bench(
-    quick: bool, scale: bool | None, messages: int | None, json_path: Path | None, plot_path: Path | None, no_plot: bool
+    quick: bool,
+    scale: bool | None,
+    huge: bool,
+    messages: int | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    no_plot: bool,
 ) -> None:
     """Measure every configuration of issue 4 side by side and print ratios (starts its own servers)."""
     from dataclasses import replace
