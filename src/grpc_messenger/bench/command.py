@@ -24,6 +24,12 @@ from rich.console import Console
     help="Where the PNG goes [bench-results/bench-<time>.png].",
 )
 @click.option("--no-plot", is_flag=True, help="Do not draw a plot.")
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the tables as Markdown (what docs/performance.md shows).",
+)
 def bench(
     quick: bool,
     scale: bool | None,
@@ -32,6 +38,7 @@ def bench(
     json_path: Path | None,
     plot_path: Path | None,
     no_plot: bool,
+    markdown_path: Path | None,
 ) -> None:
     """Measure every configuration of issue 4 side by side and print ratios (starts its own servers)."""
     from dataclasses import replace
@@ -57,6 +64,10 @@ def bench(
     if json_path is not None:
         report.write_json(json_path, report.to_json(rows, machine=machine, command=command))
         out.print(f"JSON: {json_path}")
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(report.to_markdown(rows, machine=machine, command=command))
+        out.print(f"Markdown: {markdown_path}")
     if not no_plot:
         path = plot_path or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.png"
         drawn = report.plot(rows, path)

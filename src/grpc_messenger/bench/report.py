@@ -137,6 +137,33 @@ def to_json(rows: Sequence[Row], *, machine: dict[str, Any], command: str) -> di
     }
 
 
+def to_markdown(rows: Sequence[Row], *, machine: dict[str, Any], command: str) -> str:
+    """The rows and the targets as Markdown tables (for docs/performance.md)."""
+    lines = [
+        f"`{command}` on {machine['cpus']} CPUs, Python {machine['python']}, load average at the end"
+        f" {machine['loadavg_1m']}",
+        "",
+        "| row | msgs | msgs/s | p50 ms | p99 ms | p99.9 ms | client MiB | server MiB | vs jetstream-r3 | vs ceiling"
+        " | vs legacy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in rows:
+        if row.status != "ok":
+            lines.append(f"| {row.name} | | {row.status} | | | | | | | | |")
+            continue
+        ratios = " | ".join(_fmt(ratio(rows, row.name, b), ".2f") for b in BASELINES)
+        lines.append(
+            f"| {row.name} | {row.messages:,} | {_fmt(row.msgs_per_s, ',.0f')} | {_fmt(row.p50_ms, '.1f')}"
+            f" | {_fmt(row.p99_ms, '.1f')} | {_fmt(row.p999_ms, '.1f')} | {row.client_peak_rss_mib:.0f}"
+            f" | {row.server_peak_rss_mib:.0f} | {ratios} |"
+        )
+    lines += ["", "| target | measured | needed | verdict |", "|---|--:|--:|---|"]
+    for v in verdicts(rows):
+        verdict = "n/a" if v.met is None else "met" if v.met else "missed"
+        lines.append(f"| {v.target.label} | {_fmt(v.ratio, '.2f')}x | {v.target.ratio_min:.1f}x | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write the JSON report (parent directories created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
