@@ -56,7 +56,7 @@ def bench(
         err.print(f"[dim]{time.monotonic() - started:6.1f}s {line}[/]")
 
     rows = suite.run_suite(
-        quick=quick, scale=(not quick) if scale is None else scale, workload=workload, progress=progress
+        quick=quick, scale=(not quick) if scale is None else scale, workload=workload, progress=progress, huge=huge
     )
     machine = suite.machine()
     report.print_report(out, rows, machine=machine)

@@ -47,6 +47,7 @@ SCALE_MAILBOX_SIZES = (1_000, 100_000)
 SCALE_MAILBOX_HUGE = 1_000_000
 SCALE_MAILBOX_COUNTS = (1, 1_000, 100_000)
 SCALE_ROW_TIME_MAX_S = 240.0
+FULL_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,9 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def measure(self, name: str, servers: Sequence[Child], work: Callable[[], Timing], *, note: str = "") -> Row:
+    def measure(
+        self, name: str, servers: Sequence[Child], work: Callable[[], Timing], *, note: str = "", record: bool = True
+    ) -> Row:
         """Run one row with peak RSS reset on the client and `servers` first; never raises."""
         self.progress(f"{name} ...")
         pids = [c.pid for c in servers]
@@ -139,7 +142,8 @@ class Run:
                 server_peak_rss_mib=max((peak_rss_mib(pid) for pid in pids), default=0.0),
                 note=note,
             )
-        self.rows.append(row)
+        if record:
+            self.rows.append(row)
         self.progress(f"{name}: {row.status} {row.msgs_per_s or 0:,.0f} msgs/s")
         return row
 
@@ -147,16 +151,20 @@ class Run:
 def run_suite(
     *, quick: bool, scale: bool, workload: Workload | None, progress: Progress, huge: bool = False
 ) -> list[Row]:
-    """Every row of issue 4, each against freshly started servers; everything is stopped at the end."""
+    """Every row of issue 4; everything started is stopped at the end, also on failure.
+
+    The main rows run in rounds (full mode: 3), interleaved so that each row
+    and its baseline run seconds apart: on a shared machine the load moves
+    within a run, and neighbours see the same load. Each row reports its
+    median round.
+    """
     w = workload or (QUICK if quick else FULL)
     run = Run(workload=w, quick=quick, scale=scale, progress=progress)
     root = Path(tempfile.mkdtemp(prefix="messenger-bench-"))
     procs = Processes(root)
     try:
-        _ceiling(run, procs)
-        _messenger(run, procs)
-        _legacy(run, procs)
-        _jetstream(run, procs)
+        _main_rows(run, procs, rounds=1 if quick else FULL_ROUNDS)
+        _jetstream_sync(run, procs)
         if scale:
             _scale(run, procs, huge=huge)
     finally:
@@ -165,111 +173,165 @@ def run_suite(
     return run.rows
 
 
-def _ceiling(run: Run, procs: Processes) -> None:
-    started = [
-        start_python_server(procs, f"ceiling-{i + 1}", ["grpc_messenger.bench.servers", "ceiling"]) for i in range(3)
-    ]
-    children = [c for c, _ in started]
-    servers = tuple(a for _, a in started)
-    w = run.workload
-    run.measure(
-        "ceiling",
-        children,
-        lambda: asyncio.run(messenger_sends(servers, w, tag="ceiling", write_quorum=1)),
-        note="coalescing client, W=1, 3 servers that store nothing",
-    )
-    procs.stop(children)
+@dataclass(slots=True)
+class _Systems:
+    """Everything the main rows talk to, started once and idle between rows."""
+
+    ceiling: tuple[list[Child], tuple[str, ...]]
+    replicas: tuple[list[Child], tuple[str, ...]]
+    legacy: tuple[list[Child], tuple[str, ...]]
+    jetstream: tuple[list[Child], list[str]] | None
+    jetstream_error: str | None
 
 
-def _messenger(run: Run, procs: Processes) -> None:
+def _start_servers(procs: Processes, kind: str) -> tuple[list[Child], tuple[str, ...]]:
+    started = [start_python_server(procs, f"{kind}-{i + 1}", ["grpc_messenger.bench.servers", kind]) for i in range(3)]
+    return [c for c, _ in started], tuple(a for _, a in started)
+
+
+def _start_systems(run: Run, procs: Processes) -> _Systems:
+    ceiling = _start_servers(procs, "ceiling")
+    replicas = start_replicas(procs, n=3, tag="messenger")
+    legacy = _start_servers(procs, "legacy")
+    js: tuple[list[Child], list[str]] | None = None
+    error = jetstream.unavailable_reason()
+    if error is None:
+        children, urls = jetstream.start_cluster(procs, tag="jetstream-r3", sync_always=False)
+        try:
+            asyncio.run(jetstream.create_stream(urls[0], children=children))
+            js = (children, urls)
+        except Exception as exc:  # reported in the JetStream rows; the others go on
+            error = repr(exc)[:300]
+            procs.stop(children)
+    run.progress("servers up: 3 ceiling, 3 replicas, 3 legacy" + (", JetStream R3" if js else ""))
+    return _Systems(ceiling, replicas, legacy, js, error)
+
+
+def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
     w = run.workload
-    children, servers = start_replicas(procs, n=3, tag="messenger")
-    run.measure(
-        "messenger-w1",
-        children,
-        lambda: asyncio.run(messenger_sends(servers, w, tag="w1", write_quorum=1)),
-        note=f"{w.concurrency} concurrent send(), W=1, SQLite fsync before ack",
-    )
-    run.measure(
-        "messenger-w3",
-        children,
-        lambda: asyncio.run(messenger_sends(servers, w, tag="w3", write_quorum=3)),
-        note=f"{w.concurrency} concurrent send(), W=3",
-    )
-    run.measure(
-        "messenger-batch",
-        children,
-        lambda: asyncio.run(messenger_batches(servers, w, tag="batch")),
-        note=f"send_many() of {w.batch_messages}, {w.batch_callers} in flight; latency per list",
-    )
-    run.measure(
-        "messenger-legacy",
-        children,
-        lambda: legacy_sends(servers, w, tag="mlegacy"),
-        note="original sync client: unary Send to 3 replicas in turn",
-    )
-    home = procs.root / "reader-home"
-    boxes = mailboxes_of("w3", mailboxes=w.mailboxes)
-    run.measure(
+    systems = _start_systems(run, procs)
+    ceiling_children, ceiling = systems.ceiling
+    replica_children, replicas = systems.replicas
+    legacy_children, legacy = systems.legacy
+    by_round: dict[str, list[Row]] = {}
+
+    def measure(name: str, servers: list[Child], work: Callable[[], Timing], note: str) -> Row:
+        row = run.measure(name, servers, work, note=note, record=False)
+        by_round.setdefault(name, []).append(row)
+        return row
+
+    js_rows: dict[str, Row] = {}
+
+    def one_round(r: int) -> None:
+        measure(
+            "ceiling",
+            ceiling_children,
+            lambda: asyncio.run(messenger_sends(ceiling, w, tag=f"ceiling{r}", write_quorum=1)),
+            "coalescing client, W=1, 3 servers that store nothing",
+        )
+        if systems.jetstream is not None:
+            js_children, urls = systems.jetstream
+            js_rows[f"r{r}"] = measure(
+                "jetstream-r3",
+                js_children,
+                lambda: asyncio.run(jetstream.publishes(urls[0], w, tag=f"js{r}")),
+                f"default: fsync every 2 min; {w.concurrency} publishers awaiting PubAck",
+            )
+        measure(
+            "messenger-w1",
+            replica_children,
+            lambda: asyncio.run(messenger_sends(replicas, w, tag=f"w1r{r}", write_quorum=1)),
+            f"{w.concurrency} concurrent send(), W=1, SQLite fsync before ack",
+        )
+        measure(
+            "messenger-w3",
+            replica_children,
+            lambda: asyncio.run(messenger_sends(replicas, w, tag=f"w3r{r}", write_quorum=3)),
+            f"{w.concurrency} concurrent send(), W=3",
+        )
+        measure(
+            "messenger-batch",
+            replica_children,
+            lambda: asyncio.run(messenger_batches(replicas, w, tag=f"batch{r}")),
+            f"send_many() of {w.batch_messages}, {w.batch_callers} in flight; latency per list",
+        )
+        measure(
+            "legacy",
+            legacy_children,
+            lambda: legacy_sends(legacy, w, tag=f"legacy{r}"),
+            "original design: sync server, dict in memory, sync client to 3 in turn",
+        )
+        measure(
+            "messenger-legacy",
+            replica_children,
+            lambda: legacy_sends(replicas, w, tag=f"mlegacy{r}"),
+            "original sync client: unary Send to 3 replicas in turn",
+        )
+
+    for r in range(rounds):
+        one_round(r)
+    # reads consume what the first round wrote, once: ours, then JetStream's right after
+    boxes = mailboxes_of("w3r0", mailboxes=w.mailboxes)
+    measure(
         "reads",
-        children,
-        lambda: asyncio.run(messenger_reads(servers, w, boxes=boxes, home=home)),
-        note=f"receive() of the messenger-w3 mailboxes, {w.read_callers} in flight; latency per mailbox",
+        replica_children,
+        lambda: asyncio.run(messenger_reads(replicas, w, boxes=boxes, home=procs.root / "reader-home")),
+        f"receive() of the first messenger-w3 mailboxes, {w.read_callers} in flight; latency per mailbox",
     )
-    procs.stop(children)
+    if systems.jetstream is not None and "r0" in js_rows:
+        js_children, urls = systems.jetstream
+        total = js_rows["r0"].messages
+        measure(
+            "jetstream-reads",
+            js_children,
+            lambda: asyncio.run(jetstream.pull_reads(urls[0], w, tag="js0", total=total)),
+            "pull consumer: fetch 100, ack each; latency per fetch",
+        )
+    for name in ("ceiling", "messenger-w1", "messenger-w3", "messenger-batch", "messenger-legacy", "reads", "legacy"):
+        run.rows.append(_median(by_round[name], rounds=rounds))
+    for name in ("jetstream-r3", "jetstream-reads"):
+        if name in by_round:
+            run.rows.append(_median(by_round[name], rounds=rounds))
+        else:
+            run.rows.append(
+                skipped(name, systems.jetstream_error or "no JetStream cluster")
+                if jetstream.unavailable_reason() is not None
+                else Row(name, None, None, None, None, 0, 0.0, 0.0, 0.0, systems.jetstream_error or "", "failed")
+            )
+    for children in (ceiling_children, replica_children, legacy_children):
+        procs.stop(children)
+    if systems.jetstream is not None:
+        procs.stop(systems.jetstream[0])
 
 
-def _legacy(run: Run, procs: Processes) -> None:
+def _median(rows: list[Row], *, rounds: int) -> Row:
+    """The round with the median msgs/s (failed rounds sort first); its note says how many rounds."""
+    ordered = sorted(rows, key=lambda r: (r.status == "ok", r.msgs_per_s or 0.0))
+    chosen = ordered[(len(ordered) - 1) // 2] if all(r.status == "ok" for r in rows) else ordered[0]
+    if len(rows) > 1:
+        spread = ", ".join(f"{r.msgs_per_s or 0:,.0f}" for r in rows)
+        chosen = replace(chosen, note=f"{chosen.note}; median of {len(rows)} rounds ({spread} msgs/s)")
+    return chosen
+
+
+def _jetstream_sync(run: Run, procs: Processes) -> None:
     w = run.workload
-    started = [
-        start_python_server(procs, f"legacy-{i + 1}", ["grpc_messenger.bench.servers", "legacy"]) for i in range(3)
-    ]
-    children = [c for c, _ in started]
-    servers = tuple(a for _, a in started)
-    run.measure(
-        "legacy",
-        children,
-        lambda: legacy_sends(servers, w, tag="legacy"),
-        note="original design: sync server, dict in memory, sync client to 3 in turn",
-    )
-    procs.stop(children)
-
-
-def _jetstream(run: Run, procs: Processes) -> None:
+    name = "jetstream-r3-sync"
     why = jetstream.unavailable_reason()
     if why is not None:
-        for name in ("jetstream-r3", "jetstream-reads", "jetstream-r3-sync"):
-            run.rows.append(skipped(name, why))
+        run.rows.append(skipped(name, why))
         return
-    _jetstream_cluster(run, procs, name="jetstream-r3", sync_always=False)
-    _jetstream_cluster(run, procs, name="jetstream-r3-sync", sync_always=True)
-
-
-def _jetstream_cluster(run: Run, procs: Processes, *, name: str, sync_always: bool) -> None:
-    w = run.workload
-    wanted = [name] if sync_always else [name, "jetstream-reads"]
-    children, urls = jetstream.start_cluster(procs, tag=name, sync_always=sync_always)
+    children, urls = jetstream.start_cluster(procs, tag=name, sync_always=True)
     try:
         asyncio.run(jetstream.create_stream(urls[0], children=children))
-        row = run.measure(
+        run.measure(
             name,
             children,
             lambda: asyncio.run(jetstream.publishes(urls[0], w, tag=name)),
-            note=("sync_interval: always" if sync_always else "default: fsync every 2 min")
-            + f"; {w.concurrency} publishers awaiting PubAck",
+            note=f"sync_interval: always; {w.concurrency} publishers awaiting PubAck",
         )
-        if not sync_always:
-            run.measure(
-                "jetstream-reads",
-                children,
-                lambda: asyncio.run(jetstream.pull_reads(urls[0], w, tag=name, total=row.messages)),
-                note="pull consumer: fetch 100, ack each; latency per fetch",
-            )
-    except Exception as exc:  # the cluster would not come up: say so in its rows, go on
-        done = {r.name for r in run.rows}
-        for missing in wanted:
-            if missing not in done:
-                run.rows.append(Row(missing, None, None, None, None, 0, 0.0, 0.0, 0.0, repr(exc)[:300], "failed"))
+    except Exception as exc:  # the cluster would not come up: say so in its row, go on
+        run.rows.append(Row(name, None, None, None, None, 0, 0.0, 0.0, 0.0, repr(exc)[:300], "failed"))
     finally:
         procs.stop(children)
 
