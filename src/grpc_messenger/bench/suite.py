@@ -288,10 +288,10 @@ def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
             "pull consumer: fetch 100, ack each; latency per fetch",
         )
     for name in ("ceiling", "messenger-w1", "messenger-w3", "messenger-batch", "messenger-legacy", "reads", "legacy"):
-        run.rows.append(_median(by_round[name], rounds=rounds))
+        run.rows.append(_median(by_round[name]))
     for name in ("jetstream-r3", "jetstream-reads"):
         if name in by_round:
-            run.rows.append(_median(by_round[name], rounds=rounds))
+            run.rows.append(_median(by_round[name]))
         else:
             run.rows.append(
                 skipped(name, systems.jetstream_error or "no JetStream cluster")
@@ -304,7 +304,7 @@ def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
         procs.stop(systems.jetstream[0])
 
 
-def _median(rows: list[Row], *, rounds: int) -> Row:
+def _median(rows: list[Row]) -> Row:
     """The round with the median msgs/s (failed rounds sort first); its note says how many rounds."""
     ordered = sorted(rows, key=lambda r: (r.status == "ok", r.msgs_per_s or 0.0))
     chosen = ordered[(len(ordered) - 1) // 2] if all(r.status == "ok" for r in rows) else ordered[0]
