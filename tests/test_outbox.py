@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from pathlib import Path
 
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
@@ -150,3 +152,60 @@ def test_cli_outbox_lists_and_flushes(replica_factory: ReplicaFactory, client_ho
     assert flushed.returncode == 0, flushed.stderr
     assert "nothing owed" in flushed.stdout
     assert "outbox empty" in messenger("outbox", servers=cluster.servers, home=client_home).stdout
+
+
+def test_deliveries_unanswered_when_send_returns_are_owed_on_disk(
+    replica_factory: ReplicaFactory, client_home: Path
+) -> None:
+    """Found by `messenger chaos`: a sender dying right after a W=1 send left no hint for slow replicas."""
+    from grpc_messenger import AsyncMessenger
+    from grpc_messenger.chaos.proxy import FaultProxy, ProxyMode
+
+    cluster = replica_factory.cluster(3)
+
+    async def run() -> tuple[tuple[int, int], tuple[int, int]]:
+        proxies = [FaultProxy(name=f"p{i}", upstream=r.address) for i, r in enumerate(cluster.replicas)]
+        for proxy in proxies:
+            await proxy.start()
+        try:
+            proxies[1].set_mode(ProxyMode.DROP)  # slow, not refused: the send returns with these pending
+            proxies[2].set_mode(ProxyMode.DROP)
+            servers = tuple(p.address for p in proxies)
+            config = ClientConfig(servers=servers, data_dir=client_home, timeout_s=3.0, outbox_interval_s=60)
+            async with AsyncMessenger(config) as m:
+                report = await m.send(sender="alice@example.org", recipient=BOB, body="in doubt")
+                assert [r.state for r in report.replicas][1:] == [ReplicaState.PENDING] * 2
+                await asyncio.sleep(0.5)  # past the pending grace, long before the 3 s deadline
+                # what a fresh process would find if this one died now
+                seen_by_next_start = Outbox.in_dir(client_home)
+                try:
+                    in_doubt = seen_by_next_start.counts()
+                finally:
+                    seen_by_next_start.close()
+            for proxy in proxies:
+                proxy.set_mode(ProxyMode.PASS)
+            # the next start (fresh connections) delivers what is owed
+            async with AsyncMessenger(config) as m:
+                await m.flush_outbox()
+                return in_doubt, await m.outbox_owed()
+        finally:
+            for proxy in proxies:
+                await proxy.close()
+
+    in_doubt, after = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    assert in_doubt == (2, 0)
+    assert after == (0, 0)
+    assert all(len(queued(r)) == 1 for r in cluster.replicas)
+
+
+def test_deliveries_answered_quickly_never_touch_the_outbox(replica_factory: ReplicaFactory, client_home: Path) -> None:
+    cluster = replica_factory.cluster(3)
+    with Messenger(config(cluster.servers, client_home)) as m:
+        for i in range(20):
+            m.send(sender="alice@example.org", recipient=BOB, body=f"quick {i}")
+        time.sleep(0.3)
+        outbox = Outbox.in_dir(client_home)
+        try:
+            assert outbox.counts() == (0, 0)
+        finally:
+            outbox.close()

@@ -112,6 +112,9 @@ class ClientConfig:
     outbox: bool = True
     outbox_expiry_s: float = 7 * 24 * 3600.0
     outbox_interval_s: float = 1.0
+    # how long a delivery may stay unanswered after its send returned before the
+    # outbox records it (most are answered sooner and never cost a disk write)
+    outbox_pending_grace_s: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -132,6 +135,8 @@ class ClientConfig:
             raise InvalidInput("page size must be between 1 and 1000")
         if self.outbox_expiry_s <= 0:
             raise InvalidInput("outbox expiry must be positive")
+        if not 0 <= self.outbox_pending_grace_s <= 10:
+            raise InvalidInput("outbox pending grace must be between 0 and 10 seconds")
         if not 0.01 <= self.outbox_interval_s <= 3600:
             raise InvalidInput("outbox interval must be between 0.01 and 3600 seconds")
         if not self.token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in self.token):

@@ -68,6 +68,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # a connection that went silent (a cut without a reset) is noticed in ~15 s, not
+    # after minutes of TCP retries; replicas allow these pings (server/replica.py)
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 
@@ -91,7 +97,12 @@ class AsyncMessenger:
         self._links: list[_Link] = []
         self._closed = False
         self._outbox: Outbox | None = None
-        self._owed_buffer: list[tuple[Message, str, str]] = []
+        # (key, recipient, replica) -> what to owe; written to the outbox in small groups
+        self._owed_buffer: dict[tuple[str, str, str], tuple[Message, str, str]] = {}
+        self._paid_buffer: list[tuple[str, str, str]] = []
+        # deliveries still unanswered when their send returned (owed until answered)
+        self._in_doubt: set[tuple[str, str, str]] = set()
+        self._persist_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
         self._outbox_task: asyncio.Task[None] | None = None
 
@@ -223,7 +234,11 @@ class AsyncMessenger:
                 link.batcher.flush()
             for tally in tallies:
                 await tally.done
-            reports.extend(tally.report() for tally in tallies)
+            part = [tally.report() for tally in tallies]
+            if self._outbox is not None:
+                for message, report in zip(messages[start : start + chunk], part, strict=True):
+                    self._owe_pending(message, report)
+            reports.extend(part)
         return reports
 
     def _submit(self, message: Message, *, need: int) -> _Tally:
@@ -247,34 +262,71 @@ class AsyncMessenger:
         tally = self._submit(message, need=len(self._links) if settle else self.config.write_quorum)
         await tally.done
         report = tally.report()
+        if self._outbox is not None:
+            self._owe_pending(message, report)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event=send.reported key=%s acked=%d", message.key, report.acknowledged)
         return report
 
     # --- outbox (hinted hand-off) ---------------------------------------------
 
+    def _owe_pending(self, message: Message, report: SendReport) -> None:
+        """The send returns with these replicas unanswered: owe them until they answer.
+
+        Most answer within milliseconds, before the owed entry is written, and then
+        it is dropped unwritten; a sender that dies meanwhile still leaves its hint.
+        """
+        for outcome in report.replicas:
+            if outcome.state is ReplicaState.PENDING:
+                pair = (message.key, message.recipient, outcome.replica)
+                self._in_doubt.add(pair)
+                self._owed_buffer[pair] = (message, outcome.replica, "no answer yet when the send returned")
+        self._schedule_persist()
+
     def _note_outcome(self, message: Message, outcome: ReplicaOutcome) -> None:
-        """A replica answered (or gave up) for `message`: owe it there if it failed."""
+        """A replica answered (or gave up) for `message`: owe it there if it failed, else settle."""
+        pair = (message.key, message.recipient, outcome.replica)
         if outcome.state in (ReplicaState.FAILED, ReplicaState.PENDING):
-            self._owed_buffer.append((message, outcome.replica, outcome.error))
-            if len(self._owed_buffer) == 1 and not self._closed:
-                task = asyncio.get_running_loop().create_task(self._persist_owed_soon())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        elif not outcome.state.acknowledged:
+            self._in_doubt.discard(pair)
+            self._owed_buffer[pair] = (message, outcome.replica, outcome.error)
+            self._schedule_persist()
+            return
+        if not outcome.state.acknowledged:
             log.warning(
                 "event=send.refused replica=%s key=%s state=%s", outcome.replica, message.key, outcome.state.value
             )
+        if pair in self._in_doubt:  # owed while in doubt: settle it, on disk if it got there
+            self._in_doubt.discard(pair)
+            if self._owed_buffer.pop(pair, None) is None:
+                self._paid_buffer.append(pair)
+                self._schedule_persist()
+
+    def _schedule_persist(self) -> None:
+        if self._persist_scheduled or self._closed or not (self._owed_buffer or self._paid_buffer):
+            return
+        self._persist_scheduled = True
+        task = asyncio.get_running_loop().create_task(self._persist_owed_soon())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _persist_owed_soon(self) -> None:
-        await asyncio.sleep(0.01)  # gather the failures of one failed batch into one transaction
+        # gathers one failed batch into one transaction, and lets in-doubt deliveries
+        # that are answered meanwhile never touch the disk
+        await asyncio.sleep(self.config.outbox_pending_grace_s)
+        self._persist_scheduled = False
         await self._persist_owed()
 
     async def _persist_owed(self) -> None:
-        owed, self._owed_buffer = self._owed_buffer, []
-        if owed and self._outbox is not None:
+        owed = list(self._owed_buffer.values())
+        self._owed_buffer.clear()
+        paid, self._paid_buffer = self._paid_buffer, []
+        if self._outbox is None:
+            return
+        if owed:
             await asyncio.to_thread(self._outbox.owe, owed)
             log.info("event=outbox.owed n=%d", len(owed))
+        if paid:
+            await asyncio.to_thread(self._outbox.paid, paid)
 
     async def _outbox_loop(self) -> None:
         while True:

@@ -120,6 +120,9 @@ class Replica:
                 ("grpc.max_receive_message_length", request_bytes_max(config)),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),  # two replicas must never share a port by accident
+                # accept the clients' keepalive pings (every 10 s, also when idle)
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
         pb_grpc.add_MessengerServiceServicer_to_server(
