@@ -162,3 +162,12 @@ def test_status_reports_each_replica(replica_factory: ReplicaFactory, client_hom
     assert first.replica_id.startswith("r-")
     assert not second.reachable
     assert "UNAVAILABLE" in second.error
+
+
+def test_send_many_of_large_bodies_is_split_by_bytes(shared_cluster: Cluster, client_home: Path, mailbox: str) -> None:
+    """500 bodies of 60 KiB are 30 MB: batches must stay under the replicas' frame limit."""
+    drafts = [Draft("alice@example.org", mailbox, f"{i:04d}" + "x" * 60_000) for i in range(500)]
+    with Messenger(config(shared_cluster, client_home, write_quorum=3, timeout_s=30)) as m:
+        reports = m.send_many(drafts)
+        assert all(r.ok for r in reports), next(r for r in reports if not r.ok)
+        assert len(m.receive(mailbox).messages) == 500

@@ -29,6 +29,11 @@ Sink = Callable[[ReplicaOutcome], None]
 _DENIED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
+# Well under any replica's receive limit (one full batch of maximal messages) and the
+# client's own 16 MiB frame limit, whatever the body sizes.
+BATCH_BYTES_MAX = 4 * 1024 * 1024
+
+
 class Batcher:
     """Queues messages for one replica and sends them in bounded batches.
 
@@ -45,6 +50,7 @@ class Batcher:
         self._linger_s = linger_s
         self._batch_messages_max = batch_messages_max
         self._pending: list[tuple[pb.SendRequest, Sink]] = []
+        self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         # frozen values: one shared instance per state instead of one per message
@@ -53,8 +59,12 @@ class Batcher:
 
     def submit(self, request: pb.SendRequest, sink: Sink) -> None:
         """Queue one message (already in wire form); `sink` gets this replica's outcome."""
+        size = request.ByteSize()
+        if self._pending and self._pending_bytes + size > BATCH_BYTES_MAX:
+            self.flush()  # a batch is bounded in bytes too, or large bodies would exceed a frame
         self._pending.append((request, sink))
-        if len(self._pending) >= self._batch_messages_max:
+        self._pending_bytes += size
+        if len(self._pending) >= self._batch_messages_max or self._pending_bytes >= BATCH_BYTES_MAX:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger_s, self.flush)
@@ -70,6 +80,7 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+        self._pending_bytes = 0
 
     async def _send(self, batch: list[tuple[pb.SendRequest, Sink]]) -> None:
         request = wire.batch_request_of([r for r, _ in batch])
