@@ -87,9 +87,8 @@ class Globals:
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log level (logs go to stderr as key=value events).",
+    help="Log level; logs go to stderr as key=value events [default: info for serve, cluster, chaos and "
+    "bench; warning for the client commands, whose results are their output].",
 )
 @click.option(
     "--token",
@@ -123,7 +122,7 @@ def cli(
     config_path: Path | None,
     timeout_s: float | None,
     home: Path | None,
-    log_level: str,
+    log_level: str | None,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
@@ -131,6 +130,8 @@ def cli(
     client_key: Path | None,
 ) -> None:
     """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
+    if log_level is None:
+        log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "warning"
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
@@ -150,6 +151,9 @@ def cli(
         client_key=client_key,
     )
     ctx.meta["log_level"] = log_level
+
+
+_SERVICE_COMMANDS = ("serve", "cluster", "chaos", "bench")
 
 
 # --- servers ------------------------------------------------------------------

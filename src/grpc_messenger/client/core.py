@@ -32,6 +32,7 @@ from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
 from grpc_messenger.errors import (
     InvalidInput,
     KeyConflict,
+    MessengerError,
     QuorumNotReached,
     Unavailable,
     from_rpc_error,
@@ -433,7 +434,7 @@ class AsyncMessenger:
         answered = tuple(link.address for i, link in enumerate(self._links) if i not in errors)
         failed = tuple((self._links[i].address, err) for i, err in sorted(errors.items()))
         if not answered and not pages_read:
-            raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+            raise _no_replica_answered(failed)
         fresh = await asyncio.to_thread(functools.partial(self.inbox.take_unshown, address, limit=limit))
         return ReadReport(messages=tuple(fresh), replicas_answered=answered, replicas_failed=failed)
 
@@ -517,7 +518,7 @@ class AsyncMessenger:
         )
         answered = tuple(link.address for link, (_, err) in zip(self._links, results, strict=True) if err is None)
         if not answered:
-            raise Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+            raise _no_replica_answered(failed)
         return ReadReport(messages=tuple(merged), replicas_answered=answered, replicas_failed=failed)
 
     async def _peek(self, link: _Link, address: str) -> tuple[list[Message], str | None]:
@@ -628,6 +629,24 @@ class _Tally:
             for o, r in zip(self._outcomes, self._replicas, strict=True)
         )
         return SendReport(key=self.key, write_quorum=self.write_quorum, replicas=outcomes)
+
+
+def _no_replica_answered(failed: tuple[tuple[str, str], ...]) -> MessengerError:
+    """Unavailable, unless every replica refused for one same reason: then that refusal itself."""
+    reasons = {error for _, error in failed}
+    if len(reasons) == 1:
+        code_name, _, details = next(iter(reasons)).partition(": ")
+        code = grpc.StatusCode.__members__.get(code_name)
+        if code in _FINAL_REFUSALS:
+            return from_status(code, details)
+    return Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+
+
+_FINAL_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 
 
 def merge_unique(batches: Iterable[Iterable[Message]]) -> list[Message]:
