@@ -100,6 +100,7 @@ class AsyncMessenger:
         self._outbox: Outbox | None = None
         # (key, recipient, replica) -> what to owe; written to the outbox in small groups
         self._owed_buffer: dict[tuple[str, str, str], tuple[Message, str, str]] = {}
+        self._in_doubt_buffer: dict[tuple[str, str, str], tuple[Message, str, str]] = {}
         self._paid_buffer: list[tuple[str, str, str]] = []
         # deliveries still unanswered when their send returned (owed until answered)
         self._in_doubt: set[tuple[str, str, str]] = set()
@@ -281,7 +282,7 @@ class AsyncMessenger:
             if outcome.state is ReplicaState.PENDING:
                 pair = (message.key, message.recipient, outcome.replica)
                 self._in_doubt.add(pair)
-                self._owed_buffer[pair] = (message, outcome.replica, "no answer yet when the send returned")
+                self._in_doubt_buffer[pair] = (message, outcome.replica, "no answer yet when the send returned")
         self._schedule_persist()
 
     def _note_outcome(self, message: Message, outcome: ReplicaOutcome) -> None:
@@ -289,6 +290,7 @@ class AsyncMessenger:
         pair = (message.key, message.recipient, outcome.replica)
         if outcome.state in (ReplicaState.FAILED, ReplicaState.PENDING):
             self._in_doubt.discard(pair)
+            self._in_doubt_buffer.pop(pair, None)
             self._owed_buffer[pair] = (message, outcome.replica, outcome.error)
             self._schedule_persist()
             return
@@ -298,12 +300,14 @@ class AsyncMessenger:
             )
         if pair in self._in_doubt:  # owed while in doubt: settle it, on disk if it got there
             self._in_doubt.discard(pair)
-            if self._owed_buffer.pop(pair, None) is None:
+            if self._in_doubt_buffer.pop(pair, None) is None:
                 self._paid_buffer.append(pair)
                 self._schedule_persist()
 
     def _schedule_persist(self) -> None:
-        if self._persist_scheduled or self._closed or not (self._owed_buffer or self._paid_buffer):
+        if self._persist_scheduled or self._closed:
+            return
+        if not (self._owed_buffer or self._in_doubt_buffer or self._paid_buffer):
             return
         self._persist_scheduled = True
         task = asyncio.get_running_loop().create_task(self._persist_owed_soon())
@@ -320,14 +324,22 @@ class AsyncMessenger:
     async def _persist_owed(self) -> None:
         owed = list(self._owed_buffer.values())
         self._owed_buffer.clear()
+        in_doubt = list(self._in_doubt_buffer.values())
+        self._in_doubt_buffer.clear()
         paid, self._paid_buffer = self._paid_buffer, []
-        if self._outbox is None:
+        outbox = self._outbox
+        if outbox is None:
             return
         if owed:
-            await asyncio.to_thread(self._outbox.owe, owed)
+            await asyncio.to_thread(outbox.owe, owed)
             log.info("event=outbox.owed n=%d", len(owed))
+        if in_doubt:
+            # its first call is still running: retry only once that call must have ended
+            due_in_ms = int((self.config.timeout_s + 1) * 1000)
+            await asyncio.to_thread(lambda: outbox.owe(in_doubt, due_in_ms=due_in_ms))
+            log.debug("event=outbox.in_doubt n=%d", len(in_doubt))
         if paid:
-            await asyncio.to_thread(self._outbox.paid, paid)
+            await asyncio.to_thread(outbox.paid, paid)
 
     async def _outbox_loop(self) -> None:
         while True:

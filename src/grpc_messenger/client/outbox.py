@@ -96,16 +96,17 @@ class Outbox:
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def owe(self, deliveries: Sequence[tuple[Message, str, str]]) -> None:
-        """Record (message, replica, error) deliveries as owed, due now; one transaction."""
+    def owe(self, deliveries: Sequence[tuple[Message, str, str]], *, due_in_ms: int = 0) -> None:
+        """Record (message, replica, error) deliveries as owed, first due after `due_in_ms`; one transaction."""
         now = self._clock_ms()
+        due = now + due_in_ms
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0)"
                 " ON CONFLICT DO UPDATE SET last_error = excluded.last_error",
                 [
-                    (m.key, m.recipient, replica, m.sender, m.body, m.created_unix_ms, m.legacy_id, now, now, error)
+                    (m.key, m.recipient, replica, m.sender, m.body, m.created_unix_ms, m.legacy_id, now, due, error)
                     for m, replica, error in deliveries
                 ],
             )
