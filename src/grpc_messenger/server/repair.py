@@ -26,6 +26,7 @@ from grpc_messenger import wire
 from grpc_messenger.errors import InvalidInput
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.server.limits import TokenBucket
 from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.store.base import Store
 
@@ -37,6 +38,7 @@ KEY_PAGE = 5000
 KEY_PAGES_MAX = 1000
 PULL_CHUNK = 500
 MAILBOXES_PER_ROUND_MAX = 1000
+PULL_WAITS_MAX = 100
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -51,25 +53,6 @@ class RoundStats:
     pulled: int = 0
     tombstoned: int = 0
     rejected: int = 0
-
-
-class TokenBucket:
-    """At most `rate_per_s` tokens a second on average, bursts up to one second's worth."""
-
-    def __init__(self, rate_per_s: float) -> None:
-        assert rate_per_s > 0
-        self._rate = rate_per_s
-        self._tokens = rate_per_s
-        self._last = time.monotonic()
-
-    async def take(self, n: int) -> None:
-        """Wait until `n` tokens are there, then spend them."""
-        now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        self._tokens -= n
-        if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self._rate)
 
 
 class Repairer:
@@ -96,7 +79,11 @@ class Repairer:
         self._timeout_s = timeout_s
         self._max_body_bytes = max_body_bytes
         self._tombstone_grace_ms = int(tombstone_grace_s * 1000)
-        self._bucket = TokenBucket(rate_per_s)
+        assert rate_per_s > 0
+        # the same bucket that limits senders: a second of pulls as burst
+        self._bucket = TokenBucket(
+            rate_per_s=rate_per_s, burst=rate_per_s, tokens=rate_per_s, updated_s=time.monotonic()
+        )
         factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address))
         self._channels = {peer: factory(peer) for peer in peers}
         self._stubs = {peer: pb_grpc.ReplicaServiceStub(ch) for peer, ch in self._channels.items()}
@@ -203,7 +190,11 @@ class Repairer:
             stats.tombstoned += len(tombstones)
         for start in range(0, len(missing), PULL_CHUNK):
             chunk = missing[start : start + PULL_CHUNK]
-            await self._bucket.take(len(chunk))
+            for _ in range(PULL_WAITS_MAX):  # bounded: a chunk is never more than a burst
+                wait_s = self._bucket.take(len(chunk), time.monotonic())
+                if wait_s <= 0:
+                    break
+                await asyncio.sleep(wait_s)
             response = await stub.Pull(pb.PullRequest(mailbox=mailbox, keys=chunk), timeout=self._timeout_s)
             wanted = set(chunk)
             messages = []
