@@ -1,8 +1,8 @@
 """The MessengerError tree and its mapping to and from gRPC status codes.
 
 Grouped by what a caller can do about it: fix the input, authenticate, back
-off, or try again later. `code_for` and `from_status` are the one place that
-knows how our errors travel on the wire.
+off, or try again later. Each class carries its status code (`.code`, what a
+handler answers with); `from_status` is the way back, for statuses a replica sent.
 """
 
 from __future__ import annotations
@@ -89,11 +89,6 @@ _BY_CODE: dict[grpc.StatusCode, type[MessengerError]] = {
         DeadlineExceeded,
     )
 }
-
-
-def code_for(error: MessengerError) -> grpc.StatusCode:
-    """The status code a handler answers with for `error`."""
-    return error.code
 
 
 def from_status(code: grpc.StatusCode, details: str) -> MessengerError:
