@@ -107,3 +107,27 @@ def test_configs_refuse_contradictions() -> None:
         ClientConfig(servers=())
     with pytest.raises(InvalidInput):
         ServerConfig(store="postgres")
+
+
+@pytest.mark.parametrize("body", ["", " ", "\n", "\t \r\n", "\u2003"])
+def test_empty_or_whitespace_only_bodies_are_refused(body: str) -> None:
+    with pytest.raises(InvalidInput, match=r"empty|whitespace"):
+        build_message(sender="a@example.org", recipient="b@example.org", body=body)
+
+
+@given(strategies.addresses)
+def test_an_address_names_one_mailbox_however_it_is_capitalised(address: str) -> None:
+    from grpc_messenger.model import normalize_address
+
+    assert normalize_address(address.upper()) == normalize_address(address) == normalize_address(address.swapcase())
+
+
+@given(st.text())
+def test_shown_text_has_no_control_characters_left(text: str) -> None:
+    import unicodedata
+
+    from grpc_messenger.display import escape_control
+
+    shown = escape_control(text)
+    assert all(ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in shown)
+    assert "\x1b" not in shown

@@ -37,6 +37,16 @@ def validate_address(value: str, *, what: str = "address") -> str:
     return value
 
 
+def normalize_address(value: str) -> str:
+    """The mailbox an address names: addresses compare case-insensitively everywhere.
+
+    `Bob@Example.org` and `bob@example.org` are one mailbox. Call it on validated
+    addresses only (they are ASCII, so lower() is exact); the form a sender typed
+    may still be kept for display.
+    """
+    return value.lower()
+
+
 def validate_key(value: str) -> str:
     """Return `value` if it is a well-formed message key, else raise InvalidInput."""
     if not _KEY_RE.fullmatch(value):
@@ -46,8 +56,8 @@ def validate_key(value: str) -> str:
 
 def validate_body(value: str, *, max_body_bytes: int) -> str:
     """Return `value` if it is a non-empty body within the size limit."""
-    if not value:
-        raise InvalidInput("message body is empty")
+    if not value or value.isspace():
+        raise InvalidInput("message body is empty" if not value else "message body is only whitespace")
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > max_body_bytes:
         raise InvalidInput(f"message body is {size} bytes; the limit is {max_body_bytes}")
