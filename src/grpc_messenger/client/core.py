@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_messenger import wire
+from grpc_messenger.client import pages
 from grpc_messenger.client.batcher import Batcher, SendBatchCall, Sink
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
@@ -56,9 +57,7 @@ from grpc_messenger.security import tls
 
 log = logging.getLogger(__name__)
 
-# A read stops after this many pages per replica per call (1000 x 1000 messages);
-# what is left is read by the next call. Every loop has a bound.
-PAGES_PER_READ_MAX = 1000
+PAGES_PER_READ_MAX = pages.PAGES_PER_READ_MAX
 # One outbox flush sends at most this many rounds of owed batches.
 OUTBOX_ROUNDS_MAX = 1000
 OUTBOX_FLUSH_MAX = 100_000
@@ -147,12 +146,14 @@ class AsyncMessenger:
 
     def _batch_call(self, stub: pb_grpc.MessengerServiceAsyncStub) -> SendBatchCall:
         async def call(request: pb.SendBatchRequest) -> pb.SendBatchResponse:
-            return await stub.SendBatch(request, **self._call_options())
+            return await stub.SendBatch(
+                request, timeout=self.config.timeout_s, metadata=self.config.call_metadata or None
+            )
 
         return call
 
     def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.config.timeout_s, "metadata": self.config.call_metadata or None}
+        return {"timeout_s": self.config.timeout_s, "metadata": self.config.call_metadata or None}
 
     def _data_dir(self) -> Path:
         return self.config.data_dir or default_data_dir()
@@ -383,7 +384,9 @@ class AsyncMessenger:
             chunk = owed[start : start + size]
             try:
                 response = await link.stub.SendBatch(
-                    wire.batch_request(d.message for d in chunk), **self._call_options()
+                    wire.batch_request(d.message for d in chunk),
+                    timeout=self.config.timeout_s,
+                    metadata=self.config.call_metadata or None,
                 )
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
@@ -478,7 +481,7 @@ class AsyncMessenger:
                     errors[i] = page
                     continue
                 pages_read += 1
-                messages = [wire.stored_message_from_pb(m) for m in page.messages if m.dest_email == address]
+                messages = [m for m in page.messages() if m.recipient == address]
                 if messages:
                     got.append((i, messages))
                 if page.more:
@@ -497,24 +500,21 @@ class AsyncMessenger:
             active = [i for i in still if i not in errors]
         return pages_read, errors
 
-    async def _fetch_page(self, link: _Link, address: str, after_seq: int) -> pb.FetchResponse | str:
+    async def _fetch_page(self, link: _Link, address: str, after_seq: int) -> wire.FetchedPage | str:
         """One page of a replica's queue, or the error as text."""
         try:
-            return await link.stub.Fetch(
-                pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
-                **self._call_options(),
+            return await pages.fetch_page(
+                link.stub, address, after_seq=after_seq, page_size=self.config.page_size, **self._call_options()
             )
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+        except MessengerError as error:
             log.info("event=read.replica_failed replica=%s code=%s", link.address, error.code.name)
             return f"{error.code.name}: {error}"
 
-    async def _ack_keys(self, link: _Link, address: str, keys: list[str]) -> str | None:
+    async def _ack_keys(self, link: _Link, address: str, keys: Sequence[str]) -> str | None:
         """Ack `keys` on one replica; None or the error as text."""
         try:
-            await link.stub.Ack(pb.AckRequest(self_email=address, keys=keys), **self._call_options())
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            await pages.ack_keys(link.stub, address, keys, **self._call_options())
+        except MessengerError as error:
             log.info("event=read.ack_failed replica=%s code=%s", link.address, error.code.name)
             return f"{error.code.name}: {error}"
         return None
@@ -534,20 +534,13 @@ class AsyncMessenger:
         return ReadReport(messages=tuple(merged), replicas_answered=answered, replicas_failed=failed)
 
     async def _peek(self, link: _Link, address: str) -> tuple[list[Message], str | None]:
-        after_seq = 0
         found: list[Message] = []
         try:
-            for _ in range(PAGES_PER_READ_MAX):
-                page = await link.stub.Fetch(
-                    pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
-                    **self._call_options(),
-                )
-                found.extend(wire.stored_message_from_pb(m) for m in page.messages)
-                if not page.more:
-                    break
-                after_seq = page.next_after_seq
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            async for page in pages.fetch_pages(
+                link.stub, address, page_size=self.config.page_size, **self._call_options()
+            ):
+                found.extend(page.messages())
+        except MessengerError as error:
             return found, f"{error.code.name}: {error}"
         return found, None
 
@@ -555,16 +548,7 @@ class AsyncMessenger:
         """Delete `keys` from `address` on every replica; per replica None or the error."""
         validate_address(address, what="mailbox address")
         self._require_open()
-
-        async def one(link: _Link) -> str | None:
-            try:
-                await link.stub.Ack(pb.AckRequest(self_email=address, keys=list(keys)), **self._call_options())
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                return f"{error.code.name}: {error}"
-            return None
-
-        errors = await asyncio.gather(*(one(link) for link in self._links))
+        errors = await asyncio.gather(*(self._ack_keys(link, address, keys) for link in self._links))
         return {link.address: err for link, err in zip(self._links, errors, strict=True)}
 
     # --- status -------------------------------------------------------------
@@ -577,9 +561,15 @@ class AsyncMessenger:
     async def _status_of(self, link: _Link) -> ReplicaStatus:
         started = time.perf_counter()
         try:
-            info = await link.stub.Info(pb.InfoRequest(), **self._call_options())
+            info = await link.stub.Info(
+                wire.info_request(), timeout=self.config.timeout_s, metadata=self.config.call_metadata or None
+            )
             latency_ms = (time.perf_counter() - started) * 1000
-            health = await link.health.Check(health_pb2.HealthCheckRequest(service=""), **self._call_options())
+            health = await link.health.Check(
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=self.config.timeout_s,
+                metadata=self.config.call_metadata or None,
+            )
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             return ReplicaStatus(address=link.address, reachable=False, error=f"{error.code.name}: {error}")
