@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from grpc_messenger.chaos.checker import CheckReport, check
 from grpc_messenger.chaos.cluster import ChaosCluster
 from grpc_messenger.chaos.faults import SCENARIOS, Fault, Nemesis, SchedulePlan, plan_schedule
 from grpc_messenger.chaos.history import History, read_history
+from grpc_messenger.chaos.resources import Trend, sample, trends
 from grpc_messenger.chaos.workload import RawReader, Reader, Sender, mailbox_names
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
@@ -59,6 +61,7 @@ class ChaosConfig:
     repair_interval_s: float = 1.0
     data_loss_gap_s: float = 10.0
     settle_max_s: float = 60.0
+    sample_interval_s: float = TICK_S  # RSS, fds and threads of every process into the history
     work_dir: Path | None = None  # default: a new temporary directory, removed at the end
     history_path: Path | None = None  # keep a copy of the history here
 
@@ -80,6 +83,12 @@ class ChaosResult:
     replicas_down_end: int
     replica_start_failures: int
     history_lines: int
+    resources: tuple[Trend, ...] = ()
+
+    @property
+    def growing(self) -> tuple[Trend, ...]:
+        """The resource series that kept climbing (a leak, in a long run)."""
+        return tuple(t for t in self.resources if t.growing)
 
     @property
     def ok(self) -> bool:
@@ -104,6 +113,8 @@ class ChaosResult:
             "replicas_down_end": self.replicas_down_end,
             "replica_start_failures": self.replica_start_failures,
             "history_lines": self.history_lines,
+            "resources": [t.to_dict() for t in self.resources],
+            "resources_growing": [f"{t.process}.{t.figure}" for t in self.growing],
         }
 
 
@@ -190,6 +201,7 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         replicas_down_end=down,
         replica_start_failures=nemesis.start_failures,
         history_lines=len(events),
+        resources=tuple(trends(events)),
     )
 
 
@@ -295,9 +307,27 @@ async def _run_workload(
             tg.create_task(r.run(stop, pause_s=config.read_pause_s))
         tg.create_task(nemesis.run(schedule, started_at=started, stop=stop))
         tg.create_task(ticker())
+        tg.create_task(_sample_resources(cluster, history, stop, interval_s=config.sample_interval_s))
         await asyncio.sleep(config.duration_s)
         stop.set()
         say("stop   workload stopping; waiting for sends in flight")
+
+
+async def _sample_resources(cluster: ChaosCluster, history: History, stop: asyncio.Event, *, interval_s: float) -> None:
+    """Every interval: RSS, open fds and threads of the harness (the clients) and each replica."""
+    while not stop.is_set():
+        pids = {"client": os.getpid(), **{r.name: r.pid for r in cluster.replicas if r.alive and r.ready_path.exists()}}
+        found = {name: sample(pid) for name, pid in pids.items()}
+        history.record(
+            "resources",
+            processes={
+                name: {"pid": s.pid, "rss_kib": s.rss_kib, "fds": s.fds, "threads": s.threads}
+                for name, s in found.items()
+                if s is not None
+            },
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
 
 def _state_line(cluster: ChaosCluster, history: History, senders: Sequence[Sender]) -> str:
