@@ -78,6 +78,11 @@ from grpc_messenger.chaos.runner import report_json
     show_default=True,
     help="Seconds between samples of RSS, open fds and threads of the clients and each replica.",
 )
+@click.option(
+    "--sender-processes",
+    is_flag=True,
+    help="Senders in their own processes (SIGKILLed and restarted on their homes by kill_sender faults).",
+)
 @click.option("--no-outbox", is_flag=True, help="Senders without the durable outbox (hinted hand-off).")
 @click.option("--no-repair", is_flag=True, help="Replicas without peers (no anti-entropy).")
 @click.option("--no-inbox-dedup", is_flag=True, help="Readers Fetch+Ack without the local inbox.")
@@ -105,6 +110,7 @@ def chaos_command(
     repair_interval_s: float,
     data_loss_gap_s: float,
     sample_interval_s: float,
+    sender_processes: bool,
     no_outbox: bool,
     no_repair: bool,
     no_inbox_dedup: bool,
@@ -134,6 +140,7 @@ def chaos_command(
         repair_interval_s=repair_interval_s,
         data_loss_gap_s=data_loss_gap_s,
         sample_interval_s=sample_interval_s,
+        sender_processes=sender_processes,
         outbox=not no_outbox,
         repair=not no_repair,
         inbox_dedup=not no_inbox_dedup,
@@ -176,6 +183,11 @@ def print_report(result: ChaosResult) -> None:
     click.echo(
         f"  delivered       {r.delivered}   (of them not acknowledged to the sender: {r.delivered_unacknowledged})"
     )
+    if result.config.sender_processes:
+        click.echo(
+            f"  senders killed  {r.senders_killed}   sends in doubt {r.in_doubt} "
+            f"(delivered once: {r.in_doubt_delivered}, at most once is the rule)"
+        )
     click.echo(f"  lost            {r.lost}   {' '.join(r.lost_sample)}")
     click.echo(f"  duplicated      {r.duplicated}   {' '.join(r.duplicated_sample)}")
     click.echo(f"  phantom         {r.phantom}   {' '.join(r.phantom_sample)}")
