@@ -17,6 +17,7 @@ from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.client.outbox import OwedDelivery
 from grpc_messenger.config import ClientConfig
+from grpc_messenger.errors import Failure
 from grpc_messenger.model import Draft, ReadReport, ReplicaStatus, SendReport
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class Messenger:
         """See AsyncMessenger.fetch."""
         return self._run(self._core.fetch(address))
 
-    def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
+    def ack(self, address: str, keys: Sequence[str]) -> dict[str, Failure | None]:
         """See AsyncMessenger.ack."""
         return self._run(self._core.ack(address, keys))
 
