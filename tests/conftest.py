@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from grpc_messenger.client.pages import PAGE_SIZE_MAX, fetch_pages_sync
 from grpc_messenger.launch import ServeProcess
-from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.ready import ReadyRecord
 
@@ -38,14 +38,12 @@ def queued_keys(address: str, mailbox: str) -> set[str]:
     keys: set[str] = set()
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.MessengerServiceStub(channel)
-        after = 0
-        for _ in range(1000):
-            page = stub.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
-            keys.update(m.key for m in page.messages)
-            after = page.next_after_seq
-            if not page.more:
-                return keys
-    raise AssertionError("mailbox too large for a test")
+        more = True
+        for page in fetch_pages_sync(stub, mailbox, page_size=PAGE_SIZE_MAX, timeout_s=10):
+            keys.update(page.keys)
+            more = page.more
+    assert not more, "mailbox too large for a test"
+    return keys
 
 
 class ReplicaProcess:
