@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -15,10 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_messenger._version import __version__
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
+from grpc_messenger.ready import ReadyRecord
 from grpc_messenger.security import tls
 from grpc_messenger.security.exposure import check_exposure
 from grpc_messenger.security.peer import ChannelFactory, peer_channel_factory
@@ -185,7 +186,18 @@ class Replica:
             self.config.tls_client_ca is not None,
         )
         if self.config.ready_file is not None:
-            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id, self.metrics_address)
+            self.ready_record().write(self.config.ready_file)
+
+    def ready_record(self) -> ReadyRecord:
+        """What this replica tells its launcher once it serves."""
+        return ReadyRecord(
+            addresses=tuple(self.addresses),
+            pid=os.getpid(),
+            replica_id=self.store.replica_id,
+            metrics_address=self.metrics_address,
+            store=self.store.kind,
+            version=__version__,
+        )
 
     async def _housekeeping(self) -> None:
         """Refresh the store gauges; forget tombstones older than the grace period, in bounded chunks."""
@@ -234,14 +246,6 @@ class Replica:
     async def wait(self) -> None:
         """Until the server terminates."""
         await self._server.wait_for_termination()
-
-
-def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics: str | None) -> None:
-    # write then rename, so a reader never sees half a file
-    tmp = path.with_suffix(".tmp")
-    ready = {"addresses": addresses, "replica_id": replica_id, "pid": os.getpid(), "metrics": metrics}
-    tmp.write_text(json.dumps(ready))
-    tmp.replace(path)
 
 
 async def run_replica(config: ServerConfig) -> None:
