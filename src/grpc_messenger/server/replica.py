@@ -29,6 +29,7 @@ from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
+from grpc_messenger.server.tombstones import purge_confirmed
 from grpc_messenger.store import MemoryStore, SqliteStore, Store
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,13 @@ class Replica:
 
     async def _purge_tombstones(self) -> None:
         cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
-        purged = 0
-        for _ in range(PURGE_CHUNKS_MAX):
-            n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
-            purged += n
-            if n < PURGE_CHUNK:
-                break
-        if purged:
-            log.info("event=tombstones.purged n=%d", purged)
+        await purge_confirmed(
+            self.store,
+            deleted_before_ms=cutoff_ms,
+            held_elsewhere=self._repairer.held_queued_by_a_peer if self._repairer is not None else None,
+            chunk=PURGE_CHUNK,
+            chunks_max=PURGE_CHUNKS_MAX,
+        )
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -64,6 +64,15 @@ class KeyState:
     deleted_unix_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class TombstoneRef:
+    """One tombstone, in purge order: oldest deletion first."""
+
+    deleted_unix_ms: int
+    mailbox: str
+    key: str
+
+
 def key_hash(mailbox: str, kind: str, key: str) -> int:
     """62-bit hash of one queued key ("m") or tombstone ("t") of a mailbox.
 
@@ -151,6 +160,16 @@ class Store(Protocol):
 
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         """Forget up to `limit` tombstones deleted before the cutoff; return how many."""
+        ...
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        """Up to `limit` tombstones deleted before the cutoff, after `after`, oldest first (purge)."""
+        ...
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        """Forget exactly these tombstones (every peer confirmed them); return how many went."""
         ...
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:

@@ -14,6 +14,7 @@ from grpc_messenger.store.base import (
     MailboxDigest,
     MailboxUsage,
     StoreCounts,
+    TombstoneRef,
     decide,
     key_hash,
 )
@@ -99,6 +100,24 @@ class MemoryStore:
                 del tombs[key]
                 purged += 1
         return purged
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        found = sorted(
+            TombstoneRef(ms, mailbox, key)
+            for mailbox, tombs in self._tombstones.items()
+            for key, (_, ms) in tombs.items()
+            if ms < deleted_before_ms and (after is None or TombstoneRef(ms, mailbox, key) > after)
+        )
+        return found[:limit]
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        forgotten = 0
+        for t in tombstones:
+            if self._tombstones.get(t.mailbox, {}).pop(t.key, None) is not None:
+                forgotten += 1
+        return forgotten
 
     async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
         taken: list[Message] = []

@@ -36,6 +36,7 @@ from grpc_messenger.store.base import (
     MailboxDigest,
     MailboxUsage,
     StoreCounts,
+    TombstoneRef,
     decide,
     key_hash,
 )
@@ -332,6 +333,15 @@ class SqliteStore:
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         return await self._write(lambda conn: _purge(conn, deleted_before_ms, limit))
 
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        return await self._read(lambda conn: _tombstone_candidates(conn, deleted_before_ms, after, limit))
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        items = [(t.mailbox, t.key) for t in tombstones]
+        return await self._write(lambda conn: _forget_tombstones(conn, items))
+
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
         key_list = list(keys)
         return await self._read(lambda conn: _get_queued(conn, mailbox, key_list))
@@ -522,3 +532,20 @@ def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list
         if digest == message.digest:  # a damaged copy must not spread
             found.append(message)
     return found
+
+
+def _tombstone_candidates(
+    conn: sqlite3.Connection, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+) -> list[TombstoneRef]:
+    start = (after.deleted_unix_ms, after.mailbox, after.key) if after else (-1, "", "")
+    rows = conn.execute(
+        "SELECT deleted_unix_ms, mailbox, msg_key FROM tombstones"
+        " WHERE deleted_unix_ms < ? AND (deleted_unix_ms, mailbox, msg_key) > (?, ?, ?)"
+        " ORDER BY deleted_unix_ms, mailbox, msg_key LIMIT ?",
+        (deleted_before_ms, *start, limit),
+    ).fetchall()
+    return [TombstoneRef(*row) for row in rows]
+
+
+def _forget_tombstones(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> int:
+    return max(conn.executemany("DELETE FROM tombstones WHERE mailbox = ? AND msg_key = ?", items).rowcount, 0)
