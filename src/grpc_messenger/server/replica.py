@@ -28,6 +28,7 @@ from grpc_messenger.server.limits import RateLimiter, request_bytes_max
 from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
+from grpc_messenger.server.scrub import Scrubber
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.server.tombstones import purge_confirmed
 from grpc_messenger.store import MemoryStore, SqliteStore, Store
@@ -131,6 +132,9 @@ class Replica:
         )
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
         self._housekeeper: asyncio.Task[None] | None = None
+        self._scrubber = Scrubber(
+            self.store, rows_per_s=config.scrub_rows_per_s, pass_interval_s=config.scrub_interval_s
+        )
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -174,6 +178,7 @@ class Replica:
         if self._repairer is not None:
             self._repairer.start()
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
+        self._scrubber.start()
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
@@ -223,6 +228,7 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        await self._scrubber.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.gather(self._housekeeper, return_exceptions=True)

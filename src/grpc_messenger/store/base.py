@@ -64,6 +64,16 @@ class KeyState:
     deleted_unix_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ScrubPage:
+    """One step of a scrub: rows checked after a position, damaged ones moved aside."""
+
+    next_after_seq: int
+    checked: int
+    moved_aside: int
+    done: bool  # no rows after next_after_seq: the pass is over
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class TombstoneRef:
     """One tombstone, in purge order: oldest deletion first."""
@@ -160,6 +170,15 @@ class Store(Protocol):
 
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         """Forget up to `limit` tombstones deleted before the cutoff; return how many."""
+        ...
+
+    async def scrub(self, *, after_seq: int, limit: int) -> ScrubPage:
+        """Check up to `limit` stored rows after `after_seq` against their checksums.
+
+        A row that fails is moved aside (kept for inspection, never served, never
+        handed to a peer, its key no longer counted as held), so repair fetches the
+        good copy from a peer and this replica returns to a full copy.
+        """
         ...
 
     async def tombstone_candidates(
