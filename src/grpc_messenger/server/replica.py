@@ -29,7 +29,9 @@ from grpc_messenger.server.limits import RateLimiter, request_bytes_max
 from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
+from grpc_messenger.server.scrub import Scrubber
 from grpc_messenger.server.servicer import MessengerServicer
+from grpc_messenger.server.tombstones import purge_confirmed
 from grpc_messenger.store import MemoryStore, SqliteStore, Store
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,9 @@ class Replica:
         )
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
         self._housekeeper: asyncio.Task[None] | None = None
+        self._scrubber = Scrubber(
+            self.store, rows_per_s=config.scrub_rows_per_s, pass_interval_s=config.scrub_interval_s
+        )
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -174,6 +179,7 @@ class Replica:
         if self._repairer is not None:
             self._repairer.start()
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
+        self._scrubber.start()
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
@@ -215,14 +221,13 @@ class Replica:
 
     async def _purge_tombstones(self) -> None:
         cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
-        purged = 0
-        for _ in range(PURGE_CHUNKS_MAX):
-            n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
-            purged += n
-            if n < PURGE_CHUNK:
-                break
-        if purged:
-            log.info("event=tombstones.purged n=%d", purged)
+        await purge_confirmed(
+            self.store,
+            deleted_before_ms=cutoff_ms,
+            held_elsewhere=self._repairer.held_queued_by_a_peer if self._repairer is not None else None,
+            chunk=PURGE_CHUNK,
+            chunks_max=PURGE_CHUNKS_MAX,
+        )
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -235,6 +240,7 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        await self._scrubber.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.gather(self._housekeeper, return_exceptions=True)
