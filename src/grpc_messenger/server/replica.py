@@ -29,12 +29,15 @@ from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
-from grpc_messenger.store import MemoryStore, SqliteStore, Store
+from grpc_messenger.store import MemoryStore, SqliteStore, Store, diskspace
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
 REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
+# A health-service name of its own for writes: NOT_SERVING while the disk is full,
+# while the replica as a whole ("" and SERVICE_NAME) still serves reads and stays SERVING.
+WRITES_HEALTH_NAME = f"{SERVICE_NAME}/writes"
 STORE_FILE = "replica.sqlite3"
 PURGE_CHUNK = 10_000
 PURGE_CHUNKS_MAX = 100
@@ -130,6 +133,8 @@ class Replica:
         )
         pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
         self._housekeeper: asyncio.Task[None] | None = None
+        self._disk_full = False
+        self._stopping = False
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -195,11 +200,26 @@ class Replica:
             await asyncio.sleep(min(GAUGE_INTERVAL_S, purge_every_s))
             try:
                 self.metrics.observe_store(await self.store.counts())
+                await self._observe_disk()
                 if time.monotonic() - last_purge >= purge_every_s:
                     last_purge = time.monotonic()
                     await self._purge_tombstones()
             except StoreError as exc:
                 log.error("event=housekeeping.failed error=%r", str(exc))
+
+    async def _observe_disk(self) -> None:
+        """Gauges for the data directory, and the writes health status while the disk is full."""
+        if not isinstance(self.store, SqliteStore):
+            return
+        full = self.store.disk_full
+        free = await asyncio.to_thread(diskspace.free_bytes, self.store.path.parent)
+        size = await asyncio.to_thread(diskspace.bytes_on_disk, self.store.path)
+        self.metrics.observe_disk(full=full, free_bytes=free, store_bytes=size)
+        if full != self._disk_full:
+            self._disk_full = full
+            level = logging.ERROR if full else logging.INFO
+            log.log(level, "event=store.disk_%s free_bytes=%d store_bytes=%d", "full" if full else "ok", free, size)
+            await self._health.set(WRITES_HEALTH_NAME, _health_status(not full and not self._stopping))
 
     async def _purge_tombstones(self) -> None:
         cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
@@ -213,9 +233,10 @@ class Replica:
             log.info("event=tombstones.purged n=%d", purged)
 
     async def _set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._stopping = not serving
         for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
+            await self._health.set(name, _health_status(serving))
+        await self._health.set(WRITES_HEALTH_NAME, _health_status(serving and not self._disk_full))
 
     async def stop(self) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
@@ -234,6 +255,10 @@ class Replica:
     async def wait(self) -> None:
         """Until the server terminates."""
         await self._server.wait_for_termination()
+
+
+def _health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics: str | None) -> None:
