@@ -30,6 +30,7 @@ from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.store import MemoryStore, SqliteStore, Store, diskspace
+from grpc_messenger.store.maintenance import STORE_FILE, DataDirLock
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_nam
 # A health-service name of its own for writes: NOT_SERVING while the disk is full,
 # while the replica as a whole ("" and SERVICE_NAME) still serves reads and stays SERVING.
 WRITES_HEALTH_NAME = f"{SERVICE_NAME}/writes"
-STORE_FILE = "replica.sqlite3"
 PURGE_CHUNK = 10_000
 PURGE_CHUNKS_MAX = 100
 GAUGE_INTERVAL_S = 2.0
@@ -110,6 +110,11 @@ class Replica:
             if config.tls_cert is not None and config.tls_key is not None
             else None
         )
+        # one process per data directory: a second replica, or `admin compact`, is refused
+        self._lock = DataDirLock(config.data_dir) if config.store == "sqlite" else None
+        if self._lock is not None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
@@ -250,6 +255,8 @@ class Replica:
         await self._server.stop(self.config.grace_s)
         self.metrics.close()
         await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)
 
     async def wait(self) -> None:
