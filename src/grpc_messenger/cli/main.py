@@ -561,6 +561,10 @@ from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 
 cli.add_command(chaos_command)
 cli.add_command(bench)
+
+from grpc_messenger.cli.watch import watch  # noqa: E402
+
+cli.add_command(watch)
 from grpc_messenger.cli.admin import admin  # noqa: E402
 
 cli.add_command(admin)
