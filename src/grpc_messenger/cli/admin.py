@@ -18,6 +18,7 @@ from rich.console import Console
 from grpc_messenger.config import ServerConfig
 from grpc_messenger.display import escape_control
 from grpc_messenger.errors import StoreError
+from grpc_messenger.server import probe
 from grpc_messenger.store import maintenance
 
 out = Console(highlight=False, soft_wrap=True)
@@ -117,3 +118,25 @@ def compact_command(data_dir: Path, tombstone_grace_s: float, as_json: bool) -> 
         f"compacted {report.path}: {report.tombstones_purged} tombstones purged, "
         f"{report.bytes_before} -> {report.bytes_after} bytes"
     )
+
+
+@admin.command("health")
+@click.option("--address", default="127.0.0.1:50051", show_default=True, help="The replica to ask (host:port).")
+@click.option(
+    "--service",
+    default="",
+    help='Health-service name: "" the replica; messenger.MessengerService/writes: NOT_SERVING on a full disk.',
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_TLS_CA",
+    help="Use TLS, trusting this CA [env MESSENGER_TLS_CA].",
+)
+@click.option("--server-name", help="The name the replica's certificate carries, when --address is not it.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1, max=60), default=3.0, show_default=True)
+def health_command(address: str, service: str, tls_ca: Path | None, server_name: str | None, timeout_s: float) -> None:
+    """Ask a replica's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (container and probe checks)."""
+    status = probe.check_health(address, service=service, tls_ca=tls_ca, server_name=server_name, timeout_s=timeout_s)
+    out.print(status)
+    sys.exit(0 if status == "SERVING" else 1)
