@@ -564,3 +564,6 @@ cli.add_command(bench)
 from grpc_messenger.cli.watch import watch  # noqa: E402
 
 cli.add_command(watch)
+from grpc_messenger.cli.admin import admin  # noqa: E402
+
+cli.add_command(admin)

@@ -41,6 +41,7 @@ from grpc_messenger.store.base import (
     decide,
     key_hash,
 )
+from grpc_messenger.store.diskspace import DiskFull, commit_error
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,8 @@ class SqliteStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=QUEUE_OPS_MAX)
         self._closed = False
+        # set by a commit that found no space, cleared by the next one that wrote something
+        self.disk_full = False
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
@@ -273,6 +276,7 @@ class SqliteStore:
     def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
         results: list[tuple[bool, Any]] = []
+        changes_before = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
@@ -281,15 +285,20 @@ class SqliteStore:
                     results.append((True, op.apply(conn)))
                 except Exception as exc:  # this op alone fails; the batch goes on
                     conn.execute("ROLLBACK TO op")
-                    results.append((False, exc))
+                    failure = commit_error(exc, path=self.path) if isinstance(exc, sqlite3.Error) else exc
+                    results.append((False, failure))
                 conn.execute("RELEASE op")
+            wrote = conn.total_changes != changes_before
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("event=store.commit_failed error=%r ops=%d", exc, len(ops))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"commit failed: {exc}")
+            error = commit_error(exc, path=self.path)
+            self.disk_full = isinstance(error, DiskFull)
             return [(False, error)] * len(ops)
+        if wrote:  # only a commit that wrote something proves there is space again
+            self.disk_full = False
         return results
 
     # --- operations --------------------------------------------------------
