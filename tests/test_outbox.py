@@ -11,8 +11,8 @@ from pathlib import Path
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
 from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
 from grpc_messenger.model import Message, new_key
+from tests.cli_support import messenger
 from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
-from tests.test_cli import messenger
 
 BOB = "bob@example.org"
 
