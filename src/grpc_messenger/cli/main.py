@@ -28,8 +28,8 @@ from grpc_messenger.cli.session import client_session
 from grpc_messenger.cli.settings import Globals, client_default, default_config_path, home_of, load_file
 from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.config import DEFAULT_SERVERS, ClientConfig, ServerConfig, servers_from_env
-from grpc_messenger.errors import InvalidInput, MessengerError, QuorumNotReached
-from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, SendReport, new_key, validate_address
+from grpc_messenger.errors import InvalidInput, MessengerError
+from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, QuorumNotReached, SendReport, new_key, validate_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -654,3 +654,7 @@ from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 cli.add_command(chaos_command)
 cli.add_command(bench)
 cli.add_command(outbox)
+
+from grpc_messenger.cli.watch import watch  # noqa: E402
+
+cli.add_command(watch)

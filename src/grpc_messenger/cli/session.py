@@ -11,7 +11,8 @@ from grpc_messenger.cli.local_files import check_home, describe
 from grpc_messenger.cli.settings import home_of
 from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig
-from grpc_messenger.errors import MessengerError, QuorumNotReached, Unavailable
+from grpc_messenger.errors import MessengerError, Unavailable
+from grpc_messenger.model import QuorumNotReached
 
 
 @contextmanager
