@@ -561,3 +561,7 @@ from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 
 cli.add_command(chaos_command)
 cli.add_command(bench)
+
+from grpc_messenger.cli.watch import watch  # noqa: E402
+
+cli.add_command(watch)
