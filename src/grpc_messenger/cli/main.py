@@ -565,3 +565,7 @@ cli.add_command(bench)
 from grpc_messenger.cli.watch import watch  # noqa: E402
 
 cli.add_command(watch)
+
+from grpc_messenger.cli.tui import tui  # noqa: E402
+
+cli.add_command(tui)
