@@ -660,3 +660,7 @@ cli.add_command(watch)
 from grpc_messenger.cli.admin import admin  # noqa: E402
 
 cli.add_command(admin)
+
+from grpc_messenger.cli.tui import tui  # noqa: E402
+
+cli.add_command(tui)
