@@ -26,6 +26,7 @@ from grpc_messenger.client.handoff import HandOff
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.links import Link, open_links
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
+from grpc_messenger.client.subscribe import ReplicaStream, SubscribeOptions, Subscription
 from grpc_messenger.config import ClientConfig
 from grpc_messenger.errors import Failure, InvalidInput, KeyConflict, Status
 from grpc_messenger.model import (
@@ -161,7 +162,7 @@ class AsyncMessenger:
             sender=draft.sender,
             recipient=draft.recipient,
             body=draft.body,
-            key=key or new_key(now_ms=now_ms, entropy=self._entropy.take()),
+            key=key or draft.key or new_key(now_ms=now_ms, entropy=self._entropy.take()),
             created_unix_ms=now_ms,
         )
 
@@ -291,6 +292,24 @@ class AsyncMessenger:
         """Reachability, health, counts and round-trip latency of every replica."""
         self._require_open()
         return list(await asyncio.gather(*(link.status() for link in self._links)))
+
+    # --- push ----------------------------------------------------------------
+
+    def subscribe(self, address: str, *, options: SubscribeOptions | None = None) -> Subscription:
+        """Follow `address` on every replica: each new message once, stored and acked as `receive()` does.
+
+        Use as `async with m.subscribe(a) as sub: async for message in sub: ...`; see
+        client/subscribe.py. Close the subscription before the messenger.
+        """
+        self._require_open()
+        return Subscription(
+            address=address,
+            replicas=[ReplicaStream(link.address, link.stub) for link in self._links],
+            inbox=self.inbox,
+            metadata=self.config.call_metadata,
+            call_timeout_s=self.config.timeout_s,
+            options=options,
+        )
 
 
 class _Entropy:
