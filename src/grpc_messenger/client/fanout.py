@@ -79,6 +79,7 @@ class Batch:
         "_answers",
         "_pending",
         "_replicas",
+        "_shared",
         "answered",
         "messages",
         "payload",
@@ -107,6 +108,8 @@ class Batch:
         self._answered = 0
         self._acked_all = 0  # replicas that acknowledged every message
         self._acked_extra: list[int] | None = None  # per message, from replicas that answered unevenly
+        # (answers so far, outcomes): while every answer is one for the whole batch
+        self._shared: tuple[int, tuple[ReplicaOutcome, ...]] | None = None
         self.sent_at_s = 0.0
         self.quorum: asyncio.Future[None] = loop.create_future()
         self.answered: asyncio.Future[None] = loop.create_future()
@@ -151,10 +154,16 @@ class Batch:
 
     def report(self, position: int) -> SendReport:
         """What each replica did so far for the message at `position` (PENDING where no answer came yet)."""
-        outcomes = tuple(
-            pending if answers is None else answers[0] if len(answers) == 1 else answers[position]
-            for answers, pending in zip(self._answers, self._pending, strict=True)
-        )
+        shared = self._shared
+        if shared is not None and shared[0] == self._answered:
+            outcomes = shared[1]  # every message of the batch reads the same: built once
+        else:
+            outcomes = tuple(
+                pending if answers is None else answers[0] if len(answers) == 1 else answers[position]
+                for answers, pending in zip(self._answers, self._pending, strict=True)
+            )
+            if self._acked_extra is None and all(a is None or len(a) == 1 for a in self._answers):
+                self._shared = (self._answered, outcomes)
         return SendReport(key=self.messages[position].key, write_quorum=self.write_quorum, replicas=outcomes)
 
 
