@@ -14,26 +14,7 @@ import pytest
 
 from grpc_messenger.ready import ReadyRecord
 from tests.conftest import Cluster, ReplicaFactory, wait_until
-
-
-def messenger(
-    *args: str, servers: tuple[str, ...] | None = None, home: Path | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
-    env["MESSENGER_CONFIG"] = "/nonexistent/grpc-messenger-test-config.toml"
-    if servers is not None:
-        env["MESSENGER_SERVERS"] = ",".join(servers)
-    if home is not None:
-        env["MESSENGER_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "grpc_messenger", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+from tests.helpers import messenger
 
 
 def test_send_then_inbox_shows_each_message_once(shared_cluster: Cluster, client_home: Path, mailbox: str) -> None:

@@ -13,7 +13,7 @@ from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
 from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
-from tests.test_cli import messenger
+from tests.helpers import messenger
 
 BOB = "bob@example.org"
 DOWN = Failure(Status.UNAVAILABLE, "connection refused")
