@@ -15,7 +15,7 @@ from grpc_messenger.cli.serve_settings import load_file, resolve, serve_fields
 from grpc_messenger.config import ServerConfig
 from grpc_messenger.errors import InvalidInput
 from grpc_messenger.launch import ServeProcess
-from tests.helpers import messenger
+from tests.cli_support import messenger
 
 
 def write(path: Path, text: str) -> Path:

@@ -60,7 +60,11 @@ class ServerConfig:
     data_dir: Path = setting(
         Path("messenger-data/replica-1"), help="Where the SQLite store lives.", env="MESSENGER_DATA_DIR"
     )
-    store: str = setting("sqlite", help="Where messages are kept.", choices=("sqlite", "memory"))
+    store: str = setting(
+        "sqlite",
+        help="sqlite: durable (fsync before every acknowledgement); memory: for tests, lost on exit.",
+        choices=("sqlite", "memory"),
+    )
     max_body_bytes: int = setting(MAX_BODY_BYTES_DEFAULT, help="Largest message body accepted, in bytes.")
     batch_messages_max: int = setting(1000, help="Most messages one SendBatch may carry.")
     fetch_limit_default: int = setting(500, help="Page size of a Fetch that asks for none.")
@@ -82,7 +86,9 @@ class ServerConfig:
         env="MESSENGER_TLS_CERT",
         must_exist=True,
     )
-    tls_key: Path | None = setting(None, help="TLS private key (PEM).", env="MESSENGER_TLS_KEY", must_exist=True)
+    tls_key: Path | None = setting(
+        None, help="TLS private key (PEM) for --tls-cert.", env="MESSENGER_TLS_KEY", must_exist=True
+    )
     tls_client_ca: Path | None = setting(
         None,
         help="Mutual TLS: require client certificates signed by this CA.",
@@ -136,6 +142,11 @@ class ServerConfig:
         help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
         flag="--tombstone-grace",
     )
+    # every stored row checked against its checksum: a pass at start, then one per interval
+    scrub_rows_per_s: float = setting(5000.0, help="Most stored rows per second the scrub checks.", flag="--scrub-rate")
+    scrub_interval_s: float = setting(
+        3600.0, help="Seconds between scrub passes over every stored row.", flag="--scrub-interval"
+    )
     metrics_listen: str | None = setting(
         None,
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
@@ -157,6 +168,8 @@ class ServerConfig:
             raise InvalidInput("repair rate must be positive")
         if not 0 < self.repair_timeout_s <= 3600:
             raise InvalidInput("repair timeout must be between 0 and 3600 seconds")
+        if self.scrub_rows_per_s <= 0 or self.scrub_interval_s <= 0:
+            raise InvalidInput("scrub rate and interval must be positive")
         if self.tombstone_grace_s < 1:
             raise InvalidInput("tombstone grace period must be at least 1 second")
         if self.store not in ("sqlite", "memory"):

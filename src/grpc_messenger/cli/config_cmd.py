@@ -26,7 +26,7 @@ from grpc_messenger.config import ClientConfig
 from grpc_messenger.display import escape_control
 
 if TYPE_CHECKING:
-    from grpc_messenger.cli.main import Globals
+    from grpc_messenger.cli.settings import Globals
 
 # ClientConfig fields whose global option or config-file key has another name
 _CLIENT_PARAM = {"data_dir": "home", "tls": "use_tls", "tls_client_cert": "client_cert", "tls_client_key": "client_key"}

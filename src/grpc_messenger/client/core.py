@@ -29,6 +29,7 @@ from grpc_messenger.client import pages
 from grpc_messenger.client.batcher import Batcher, SendBatchCall, Sink
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
+from grpc_messenger.client.subscribe import ReplicaStream, SubscribeOptions, Subscription
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
 from grpc_messenger.errors import (
     Failure,
@@ -199,7 +200,7 @@ class AsyncMessenger:
             sender=draft.sender,
             recipient=draft.recipient,
             body=draft.body,
-            key=key or new_key(now_ms=now_ms),
+            key=key or draft.key or new_key(now_ms=now_ms),
             created_unix_ms=now_ms,
         )
 
@@ -594,6 +595,24 @@ class AsyncMessenger:
         if self._closed:
             raise RuntimeError("this messenger is closed")
         self.connect()
+
+    # --- push ----------------------------------------------------------------
+
+    def subscribe(self, address: str, *, options: SubscribeOptions | None = None) -> Subscription:
+        """Follow `address` on every replica: each new message once, stored and acked as `receive()` does.
+
+        Use as `async with m.subscribe(a) as sub: async for message in sub: ...`; see
+        client/subscribe.py. Close the subscription before the messenger.
+        """
+        self._require_open()
+        return Subscription(
+            address=address,
+            replicas=[ReplicaStream(link.address, link.stub) for link in self._links],
+            inbox=self.inbox,
+            metadata=self.config.call_metadata,
+            call_timeout_s=self.config.timeout_s,
+            options=options,
+        )
 
 
 class _Tally:
