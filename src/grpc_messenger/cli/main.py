@@ -29,6 +29,7 @@ from grpc_messenger.cli.settings import Globals, client_default, default_config_
 from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.config import DEFAULT_SERVERS, ClientConfig, ServerConfig, servers_from_env
 from grpc_messenger.errors import InvalidInput, MessengerError
+from grpc_messenger.launch import ServeProcess
 from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, QuorumNotReached, SendReport, new_key, validate_address
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -393,8 +394,8 @@ def cluster(
     mode = "auth + TLS" if secure else "auth" if auth else "no auth, no TLS"
     out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir}, {mode})")
     for replica in running:
-        info = local_cluster.ready_info(replica)
-        out.print(f"  {replica.spec.name}  {replica.address}  pid {replica.process.pid}  id {info['replica_id']}")
+        replica_id = replica.ready.replica_id if replica.ready is not None else "?"
+        out.print(f"  {replica.name}  {replica.address}  pid {replica.pid}  id {replica_id}")
     default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
     out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     for line in client_env:
@@ -404,11 +405,9 @@ def cluster(
         out.print(f"         export MESSENGER_TOKEN=$(messenger token issue you@example.org --key {keys})")
     out.print("Ctrl-C stops every replica.")
 
-    def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
-        args = replica.spec.serve_args(store=store, extra=extra)
-        args[args.index("--listen") + 1] = replica.address
-        restart = " ".join(["messenger", *args])
-        err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
+    def on_exit(replica: ServeProcess, code: int) -> None:
+        restart = local_cluster.restart_hint(replica)
+        err.print(f"[yellow]{replica.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
 
     try:
         local_cluster.supervise(running, on_exit=on_exit)
@@ -658,3 +657,10 @@ cli.add_command(outbox)
 from grpc_messenger.cli.watch import watch  # noqa: E402
 
 cli.add_command(watch)
+from grpc_messenger.cli.admin import admin  # noqa: E402
+
+cli.add_command(admin)
+
+from grpc_messenger.cli.tui import tui  # noqa: E402
+
+cli.add_command(tui)
