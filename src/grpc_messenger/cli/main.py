@@ -49,7 +49,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
+    help="TOML config file (servers, write_quorum, timeout_s, home, token, tls, tls_ca, client_cert, "
+    "client_key) [env MESSENGER_CONFIG; default ~/.config/grpc-messenger/config.toml].",
 )
 @click.option(
     "--timeout",
