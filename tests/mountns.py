@@ -76,13 +76,19 @@ class PrefixedReplica:
 
 
 def spawn_replica(
-    data_dir: Path, ready: Path, log: Path, *, prefix: tuple[str, ...], args: tuple[str, ...] = ()
+    data_dir: Path,
+    ready: Path,
+    log: Path,
+    *,
+    prefix: tuple[str, ...],
+    args: tuple[str, ...] = (),
+    listen: str = "127.0.0.1:0",
 ) -> PrefixedReplica:
-    """Start `messenger serve` under `prefix` on 127.0.0.1 port 0 and wait for its ready file."""
+    """Start `messenger serve` under `prefix` on `listen` and wait for its ready file."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         *prefix, sys.executable, "-m", "grpc_messenger", "--log-level", "info", "serve",
-        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--ready-file", str(ready), "--grace", "5", *args,
+        "--listen", listen, "--data-dir", str(data_dir), "--ready-file", str(ready), "--grace", "5", *args,
     ]  # fmt: skip
     with log.open("ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
