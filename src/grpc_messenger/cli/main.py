@@ -7,7 +7,6 @@ Every failure is one clear line on stderr and a non-zero exit status
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from grpc_messenger import logs
 from grpc_messenger._version import __version__
 from grpc_messenger.cli import cluster as local_cluster
 from grpc_messenger.cli import render, security_cmds
@@ -91,6 +91,14 @@ class Globals:
     "bench; warning for the client commands, whose results are their output].",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="kv",
+    envvar="MESSENGER_LOG_FORMAT",
+    show_default=True,
+    help="Log lines as key=value events or as one JSON object each [env MESSENGER_LOG_FORMAT].",
+)
+@click.option(
     "--token",
     envvar="MESSENGER_TOKEN",
     metavar="TOKEN",
@@ -123,6 +131,7 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str | None,
+    log_format: str,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
@@ -132,12 +141,7 @@ def cli(
     """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
     if log_level is None:
         log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "warning"
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+    logs.configure(level=log_level, log_format=log_format)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
     ctx.obj = Globals(
         servers=servers,
