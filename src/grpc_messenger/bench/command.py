@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def bench(
     from dataclasses import replace
 
     from grpc_messenger.bench import report, suite
+
+    # SIGTERM unwinds like Ctrl-C, so the suite still stops every process it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, highlight=False)
