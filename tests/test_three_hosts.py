@@ -21,9 +21,9 @@ from grpc_messenger import AsyncMessenger, ClientConfig
 from grpc_messenger.chaos.checker import check
 from grpc_messenger.chaos.history import History, read_history
 from grpc_messenger.chaos.workload import Reader, Sender, mailbox_names
+from grpc_messenger.launch import ServeProcess
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from tests.mountns import PrefixedReplica, spawn_replica
 from tests.netns import HOSTS, Network, unavailable
 
 PORT = 7001
@@ -65,23 +65,22 @@ def test_three_hosts_with_kernel_faults_lose_nothing_and_converge(tmp_path: Path
     print(f"seed={seed}")
     rng = random.Random(seed)
     net = Network.for_this_process()
-    replicas: list[PrefixedReplica] = []
+    replicas: list[ServeProcess] = []
     try:
         net.create()
         servers = tuple(f"{net.address(i)}:{PORT}" for i in range(1, HOSTS + 1))
         for i in range(1, HOSTS + 1):
             peers = [arg for j, s in enumerate(servers, 1) if j != i for arg in ("--peer", s)]
-            data = tmp_path / f"h{i}"
-            replicas.append(
-                spawn_replica(
-                    data,
-                    tmp_path / f"ready-{i}.json",
-                    tmp_path / f"replica-{i}.log",
-                    prefix=("ip", "netns", "exec", net.ns(i)),
-                    listen=servers[i - 1],
-                    args=(*peers, "--repair-interval", "0.5", "--insecure"),
-                )
+            replica = ServeProcess(
+                data_dir=tmp_path / f"h{i}",
+                name=f"h{i}",
+                listen=servers[i - 1],
+                log_path=tmp_path / f"replica-{i}.log",
+                prefix=("ip", "netns", "exec", net.ns(i)),
+                args=(*peers, "--repair-interval", "0.5", "--grace", "2", "--insecure"),
             )
+            replicas.append(replica)
+            replica.start()
         figures = asyncio.run(run_workload(net, servers, tmp_path, rng))
     finally:
         for replica in replicas:
