@@ -103,31 +103,36 @@ def without(argv: list[str], *names: str) -> tuple[str, ...]:
     return tuple(rest)
 
 
-@pytest.mark.parametrize("source", ["container", "systemd", "kubernetes"])
-def test_deployed_command_line_starts_a_replica_that_serves_and_drains(source: str, tmp_path: Path) -> None:
-    argv = {"container": container_argv, "systemd": unit_argv, "kubernetes": statefulset_argv}[source]()
-    if argv[0] == "messenger":
-        argv = argv[1:]
-    # the tests start replicas as `messenger serve --listen ... --data-dir ... --grace ...` too
-    assert argv[0] == "serve"
-    for name in ("--listen", "--data-dir", "--grace"):
-        assert name in argv, f"{source} does not pass {name}"
-    # started as the tests start every replica, with the host-specific values pointed at loopback
-    args = without(argv[1:], "--listen", "--data-dir", "--metrics-listen")
-    if "--metrics-listen" in argv:
-        args = (*args, "--metrics-listen", "127.0.0.1:0")
-    replica = ServeProcess(data_dir=tmp_path / "data", name=source, log_path=tmp_path / "replica.log", args=args)
+def test_deployed_command_lines_start_replicas_that_serve_and_drain(tmp_path: Path) -> None:
+    sources = {"container": container_argv(), "systemd": unit_argv(), "kubernetes": statefulset_argv()}
+    replicas = []
+    for source, argv in sources.items():
+        if argv[0] == "messenger":
+            argv = argv[1:]
+        # the tests start replicas as `messenger serve --listen ... --data-dir ... --grace ...` too
+        assert argv[0] == "serve", source
+        for name in ("--listen", "--data-dir", "--grace"):
+            assert name in argv, f"{source} does not pass {name}"
+        # started as the tests start every replica, with the host-specific values pointed at loopback
+        args = without(argv[1:], "--listen", "--data-dir", "--metrics-listen")
+        if "--metrics-listen" in argv:
+            args = (*args, "--metrics-listen", "127.0.0.1:0")
+        replicas.append(
+            ServeProcess(data_dir=tmp_path / source, name=source, log_path=tmp_path / f"{source}.log", args=args)
+        )
     try:
-        ready = replica.start()
-        health = messenger("admin", "health", "--address", ready.address)
-        assert health.returncode == 0, health.stdout + health.stderr
-        assert health.stdout.strip() == "SERVING"
-        assert replica.terminate() == 0
+        for replica in replicas:  # all three start at once
+            replica.spawn()
+        for replica in replicas:
+            ready = replica.wait_ready()
+            health = messenger("admin", "health", "--address", ready.address)
+            assert health.returncode == 0, health.stdout + health.stderr
+            assert health.stdout.strip() == "SERVING"
+        for replica in replicas:
+            assert replica.terminate() == 0, replica.name
     finally:
-        replica.kill()
-
-
-def test_health_command_exits_1_when_nothing_answers() -> None:
-    done = messenger("admin", "health", "--address", "127.0.0.1:9", "--timeout", "0.5")
-    assert done.returncode == 1
-    assert done.stdout.strip() == "UNAVAILABLE"
+        for replica in replicas:
+            replica.kill()
+    nobody = messenger("admin", "health", "--address", replicas[0].address, "--timeout", "0.5")
+    assert nobody.returncode == 1
+    assert nobody.stdout.strip() == "UNAVAILABLE"

@@ -27,7 +27,7 @@ from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from tests.netns import HOSTS, Network, unavailable
 
 PORT = 7001
-FAULT_S = 4.0
+FAULT_S = 3.0
 RATE_PER_S = 40.0  # per sender
 SETTLE_S_MAX = 60.0
 CLIENT_TIMEOUT_S = 2.0
