@@ -115,7 +115,12 @@ def test_check_finds_a_damaged_row_and_compact_purges_expired_tombstones_only_wh
     assert [row["key"] for row in report["damaged"]] == [victim]
 
     time.sleep(1.1)  # the tombstones are older than a 1 s grace now
-    done = messenger("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1", "--json")
+    # a peer that does not answer confirms nothing: every tombstone stays
+    compact = ("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1", "--json")
+    unconfirmed = messenger(*compact, "--peer", "127.0.0.1:9")
+    assert unconfirmed.returncode == 0, unconfirmed.stderr
+    assert json.loads(unconfirmed.stdout)["tombstones_purged"] == 0
+    done = messenger(*compact)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tombstones_purged"] == len(acked)
     replica.start()  # the replica starts on the compacted file, sets the damaged row aside, serves the rest
