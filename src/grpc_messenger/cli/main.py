@@ -6,7 +6,6 @@ Every failure is one clear line on stderr and a documented exit status
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from grpc_messenger import logs
 from grpc_messenger._version import __version__
 from grpc_messenger.cli import bulk, exit_codes, render, security_cmds
 from grpc_messenger.cli import cluster as local_cluster
@@ -72,6 +72,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     "bench; error for the client commands, whose results and failures are their output].",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="kv",
+    envvar="MESSENGER_LOG_FORMAT",
+    show_default=True,
+    help="Log lines as key=value events or as one JSON object each [env MESSENGER_LOG_FORMAT].",
+)
+@click.option(
     "--token",
     envvar="MESSENGER_TOKEN",
     metavar="TOKEN",
@@ -106,6 +114,7 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str | None,
+    log_format: str,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
@@ -119,12 +128,7 @@ def cli(
     """
     if log_level is None:
         log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "error"
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+    logs.configure(level=log_level, log_format=log_format)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
     ctx.obj = Globals(
         servers=servers,
