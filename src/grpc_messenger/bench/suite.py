@@ -100,6 +100,26 @@ class Row:
         }
 
 
+def row_from_json(data: dict[str, Any]) -> Row:
+    """A Row back from its JSON form (to redraw a saved run's tables and plot)."""
+    by_process = dict(data.get("cpu_us_per_msg_by_process") or {})
+    client = by_process.pop(CLIENT, None)
+    return Row(
+        name=data["name"],
+        msgs_per_s=data["msgs_per_s"],
+        p50_ms=data["p50_ms"],
+        p99_ms=data["p99_ms"],
+        p999_ms=data["p999_ms"],
+        messages=data["messages"],
+        seconds=data["seconds"] or 0.0,
+        client_peak_rss_mib=data.get("client_peak_rss_mib") or 0.0,
+        server_peak_rss_mib=data.get("server_peak_rss_mib") or 0.0,
+        note=data.get("note", ""),
+        status=data.get("status", "ok"),
+        cpu=CpuPerMessage(client, tuple((name, float(us)) for name, us in by_process.items() if us is not None)),
+    )
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
