@@ -12,8 +12,8 @@ from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
 from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
+from tests.cli_support import messenger
 from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
-from tests.test_cli import messenger
 
 BOB = "bob@example.org"
 DOWN = Failure(Status.UNAVAILABLE, "connection refused")

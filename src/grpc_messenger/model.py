@@ -251,11 +251,12 @@ class ReadReport:
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message to send: the library adds its key and creation time."""
+    """A message to send: the library adds its creation time, and its key unless given (to resend safely)."""
 
     sender: str
     recipient: str
     body: str
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

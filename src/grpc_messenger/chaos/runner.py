@@ -2,6 +2,11 @@
 
 Everything it starts (replica processes, proxies, clients, the temporary
 directory) is stopped and removed in `finally`, whatever happens.
+
+Beyond the public API, the settle step counts the copies of each message on
+each replica with the client's per-replica paged Fetch
+(grpc_messenger.client.pages) over a generated stub: the public client merges
+replicas, and settling is about each one alone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput
+from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput, MessengerError
 from grpc_messenger.chaos.checker import CheckReport, check
 from grpc_messenger.chaos.cluster import ChaosCluster
 from grpc_messenger.chaos.faults import (
@@ -37,7 +42,7 @@ from grpc_messenger.chaos.history import History, merge_histories, read_history
 from grpc_messenger.chaos.resources import Trend, sample, trends
 from grpc_messenger.chaos.sender_proc import SenderProcess, SenderSpec
 from grpc_messenger.chaos.workload import RawReader, Reader, Sender, mailbox_names
-from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.client.pages import fetch_pages
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ SETTLE_POLL_S = 0.5
 CLIENT_TIMEOUT_S = 3.0
 OUTBOX_EXPIRY_S = 3600.0  # longer than any run: nothing may expire while we watch
 FETCH_TIMEOUT_S = 5.0
+FETCH_PAGE_SIZE = 500
 MESSAGES_PER_SENDER_MAX = 10_000_000
 PLAN_FAULTS_SHOWN_MAX = 20
 
@@ -484,18 +490,11 @@ async def _copies(cluster: ChaosCluster, mailboxes: Sequence[str]) -> dict[str, 
 
 async def _fetch_keys(stub: pb_grpc.MessengerServiceAsyncStub, mailbox: str) -> set[str]:
     keys: set[str] = set()
-    after_seq = 0
     try:
-        for _ in range(1000):
-            page = await stub.Fetch(
-                pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=500), timeout=FETCH_TIMEOUT_S
-            )
-            keys.update(m.key for m in page.messages)
-            if not page.more:
-                break
-            after_seq = page.next_after_seq
-    except grpc.RpcError as exc:
-        log.info("event=chaos.fetch_failed mailbox=%s error=%r", mailbox, exc)
+        async for page in fetch_pages(stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=FETCH_TIMEOUT_S):
+            keys.update(page.keys)
+    except MessengerError as exc:
+        log.info("event=chaos.fetch_failed mailbox=%s error=%r", mailbox, str(exc))
     return keys
 
 

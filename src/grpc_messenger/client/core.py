@@ -200,7 +200,7 @@ class AsyncMessenger:
             sender=draft.sender,
             recipient=draft.recipient,
             body=draft.body,
-            key=key or new_key(now_ms=now_ms),
+            key=key or draft.key or new_key(now_ms=now_ms),
             created_unix_ms=now_ms,
         )
 
