@@ -33,6 +33,12 @@ from rich.console import Console
     help="Run nothing: print, plot and write the tables of a run saved with --json.",
 )
 @click.option(
+    "--compare",
+    "compare_json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A run saved with --json: add a before/after table of msgs/s and CPU per message to --markdown.",
+)
+@click.option(
     "--markdown",
     "markdown_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -48,6 +54,7 @@ def bench(
     no_plot: bool,
     markdown_path: Path | None,
     from_json: Path | None,
+    compare_json: Path | None,
 ) -> None:
     """Measure every configuration side by side and print ratios (starts its own servers)."""
     from dataclasses import replace
@@ -83,7 +90,16 @@ def bench(
         out.print(f"JSON: {json_path}")
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(report.to_markdown(rows, machine=machine, command=command))
+        text = report.to_markdown(rows, machine=machine, command=command)
+        if compare_json is not None:
+            before = json.loads(compare_json.read_text())
+            text += "\n" + report.compare_markdown(
+                [suite.row_from_json(r) for r in before["rows"]],
+                rows,
+                before_label=f"`{before['command']}`",
+                after_label=f"`{command}`",
+            )
+        markdown_path.write_text(text)
         out.print(f"Markdown: {markdown_path}")
     if not no_plot:
         path = plot_path or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.png"

@@ -244,6 +244,35 @@ def to_markdown(rows: Sequence[Row], *, machine: dict[str, Any], command: str) -
     return "\n".join(lines) + "\n"
 
 
+def compare_markdown(before: Sequence[Row], after: Sequence[Row], *, before_label: str, after_label: str) -> str:
+    """msgs/s and CPU per message of every row in two runs, side by side (Markdown)."""
+    old = _by_name(before)
+    lines = [
+        f'before: {before_label}; after: {after_label}. CPU in us per message; "busiest" is the server process'
+        ' that spent the most, "all" adds up every server process of the row.',
+        "",
+        "| row | msgs/s before | msgs/s after | client before | client after | busiest server before"
+        " | busiest server after | all servers before | all servers after |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in after:
+        was = old.get(row.name)
+        if row.status != "ok" or was is None:
+            continue
+        cells = [
+            _fmt(was.msgs_per_s, ",.0f"),
+            _fmt(row.msgs_per_s, ",.0f"),
+            _fmt(was.cpu.client_us, ".0f"),
+            _fmt(row.cpu.client_us, ".0f"),
+            _fmt(was.cpu.server_max_us, ".0f"),
+            _fmt(row.cpu.server_max_us, ".0f"),
+            _fmt(was.cpu.server_total_us, ".0f"),
+            _fmt(row.cpu.server_total_us, ".0f"),
+        ]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write the JSON report (parent directories created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
