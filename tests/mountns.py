@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import READY_TIMEOUT_S
+from grpc_messenger.launch import READY_TIMEOUT_S
 
 PROBE_TIMEOUT_S = 10.0
 

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import READY_TIMEOUT_S
+from grpc_messenger.launch import READY_TIMEOUT_S
 from tests.test_cli import messenger
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
