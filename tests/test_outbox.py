@@ -12,8 +12,8 @@ from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
 from grpc_messenger.client.outbox import BACKOFF_CAP_S, EXPIRE_ATTEMPTS_MIN, Outbox, backoff_ms
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
+from tests.cli_support import messenger
 from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
-from tests.test_cli import messenger
 
 BOB = "bob@example.org"
 DOWN = Failure(Status.UNAVAILABLE, "connection refused")
@@ -55,6 +55,20 @@ def test_outbox_records_retries_with_backoff_and_forgets_when_paid(tmp_path: Pat
         assert [(d.message.key, d.attempts, d.last_error) for d in outbox.listing(limit=10)] == [
             (b.key, 1, "DEADLINE_EXCEEDED")
         ]
+    finally:
+        outbox.close()
+
+
+def test_outbox_drop_forgets_by_key_by_replica_or_both(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=FakeClock())
+    try:
+        a, b = message("a"), message("b")
+        outbox.owe([(a, "r1", "x"), (a, "r2", "x"), (b, "r1", "x"), (b, "r2", "x")])
+        assert outbox.drop(key=a.key, replica="r9") == 0
+        assert outbox.drop(key=a.key, replica="r1") == 1
+        assert outbox.drop(replica="r2") == 2
+        assert outbox.drop(key=b.key) == 1
+        assert outbox.counts() == (0, 0)
     finally:
         outbox.close()
 

@@ -36,9 +36,15 @@ from grpc_messenger.chaos.runner import report_json
     show_default=True,
     help="Which faults: mixed (all kinds), or a focused one.",
 )
-@click.option("--senders", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--readers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--mailboxes", type=click.IntRange(1, 100_000), default=40, show_default=True)
+@click.option("--senders", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent sending clients.")
+@click.option("--readers", type=click.IntRange(1, 64), default=2, show_default=True, help="Concurrent reading clients.")
+@click.option(
+    "--mailboxes",
+    type=click.IntRange(1, 100_000),
+    default=40,
+    show_default=True,
+    help="Distinct recipient mailboxes the senders spread over.",
+)
 @click.option(
     "--rate",
     "rate_per_s",

@@ -1,33 +1,34 @@
 """The `messenger` command: a thin shell over the client library and the replica server.
 
-Every failure is one clear line on stderr and a non-zero exit status
-(2: bad input, 1: anything else), never a traceback.
+Every failure is one clear line on stderr and a documented exit status
+(cli/exit_codes.py, listed in `messenger --help`), never a traceback.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 
+from grpc_messenger import logs
 from grpc_messenger._version import __version__
+from grpc_messenger.cli import bulk, exit_codes, render, security_cmds
 from grpc_messenger.cli import cluster as local_cluster
-from grpc_messenger.cli import render, security_cmds
-from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
-from grpc_messenger.client.inbox import LocalInbox, default_data_dir
-from grpc_messenger.client.sync import Messenger
-from grpc_messenger.config import ClientConfig, ServerConfig, servers_from_env
+from grpc_messenger.cli.diagnose import tls_hint
+from grpc_messenger.cli.local_files import LocalDataError, check_home
+from grpc_messenger.cli.outbox_cmds import outbox
+from grpc_messenger.cli.session import client_session
+from grpc_messenger.cli.settings import Globals, client_default, default_config_path, home_of, load_file
+from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.config import DEFAULT_PORTS, DEFAULT_SERVERS, ClientConfig
 from grpc_messenger.errors import InvalidInput, MessengerError
 from grpc_messenger.launch import ServeProcess
-from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
+from grpc_messenger.model import QuorumNotReached, SendReport, new_key, validate_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,61 +36,48 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Globals:
-    """Options shared by the client commands."""
-
-    servers: str | None
-    file: FileSettings
-    timeout_s: float | None
-    home: Path | None
-    token: str | None = None
-    tls: bool = False
-    tls_ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-
-    def client_config(self, *, write_quorum: int | None = None) -> ClientConfig:
-        servers = resolve_servers(self.servers, self.file)
-        return ClientConfig(
-            servers=servers,
-            write_quorum=write_quorum or self.file.write_quorum or 1,
-            timeout_s=self.timeout_s or self.file.timeout_s or 5.0,
-            data_dir=self.home or self.file.home or default_data_dir(),
-            token=self.token or self.file.token or "",
-            tls=self.tls or bool(self.file.tls),
-            tls_ca=self.tls_ca or self.file.tls_ca,
-            tls_client_cert=self.client_cert or self.file.client_cert,
-            tls_client_key=self.client_key or self.file.client_key,
-        )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=exit_codes.HELP)
 @click.version_option(__version__, prog_name="messenger")
 @click.option(
     "--servers",
     envvar="MESSENGER_SERVERS",
     metavar="HOST:PORT,...",
-    help="Replica addresses [env MESSENGER_SERVERS; default: the local cluster, 127.0.0.1:50051-50053].",
+    help="Replica addresses, comma-separated [env MESSENGER_SERVERS; config: servers; default: the local "
+    f"cluster, {','.join(DEFAULT_SERVERS)}].",
 )
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
+    help="TOML config file (servers, write_quorum, timeout_s, home, token, tls, tls_ca, client_cert, "
+    "client_key) [env MESSENGER_CONFIG; default ~/.config/grpc-messenger/config.toml].",
 )
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01, max=300), help="Per-call deadline, seconds.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.01, max=300),
+    help=f"Per-call deadline, seconds [config: timeout_s; default {client_default('timeout_s')}].",
+)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="MESSENGER_HOME",
-    help="Where the local inbox lives [env MESSENGER_HOME; default ~/.local/share/grpc-messenger].",
+    help="Where the local inbox and outbox live [env MESSENGER_HOME; config: home; "
+    "default $XDG_DATA_HOME/grpc-messenger, i.e. ~/.local/share/grpc-messenger].",
 )
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Log level; logs go to stderr as key=value events [default: info for serve, cluster, chaos and "
-    "bench; warning for the client commands, whose results are their output].",
+    "bench; error for the client commands, whose results and failures are their output].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="kv",
+    envvar="MESSENGER_LOG_FORMAT",
+    show_default=True,
+    help="Log lines as key=value events or as one JSON object each [env MESSENGER_LOG_FORMAT].",
 )
 @click.option(
     "--token",
@@ -97,12 +85,14 @@ class Globals:
     metavar="TOKEN",
     help="Access token, sent as 'authorization: Bearer TOKEN' [env MESSENGER_TOKEN; config: token].",
 )
-@click.option("--tls", "use_tls", is_flag=True, envvar="MESSENGER_TLS", help="Use TLS, trusting the system CAs.")
+@click.option(
+    "--tls", "use_tls", is_flag=True, envvar="MESSENGER_TLS", help="Use TLS, trusting the system CAs [config: tls]."
+)
 @click.option(
     "--tls-ca",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     envvar="MESSENGER_TLS_CA",
-    help="Use TLS, trusting this CA (e.g. messenger-data/tls/ca.pem) [env MESSENGER_TLS_CA].",
+    help="Use TLS, trusting this CA (e.g. messenger-data/tls/ca.pem) [env MESSENGER_TLS_CA; config: tls_ca].",
 )
 @click.option(
     "--client-cert",
@@ -124,21 +114,21 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str | None,
+    log_format: str,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
     client_cert: Path | None,
     client_key: Path | None,
 ) -> None:
-    """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
+    """grpc-messenger: send to N replicas at once, read from all, lose nothing.
+
+    Shell completion: eval "$(_MESSENGER_COMPLETE=bash_source messenger)" in ~/.bashrc
+    (zsh_source, fish_source for the other shells).
+    """
     if log_level is None:
-        log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "warning"
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+        log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "error"
+    logs.configure(level=log_level, log_format=log_format)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
     ctx.obj = Globals(
         servers=servers,
@@ -161,210 +151,12 @@ _SERVICE_COMMANDS = ("serve", "cluster", "chaos", "bench")
 
 
 @cli.command()
-@click.option(
-    "--listen",
-    multiple=True,
-    metavar="HOST:PORT",
-    envvar="MESSENGER_LISTEN",
-    help="Address to listen on; repeat for several [default 127.0.0.1:50051].",
-)
-@click.option("--ip", help="Original form: host to listen on (with --port).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Original form: port to listen on (with --ip).")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("messenger-data/replica-1"),
-    show_default=True,
-    envvar="MESSENGER_DATA_DIR",
-    help="Where the SQLite store lives.",
-)
-@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(1, 1024 * 1024),
-    default=MAX_BODY_BYTES_DEFAULT,
-    show_default=True,
-    help="Largest message body accepted.",
-)
-@click.option(
-    "--grace",
-    "grace_s",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds in-flight calls get to finish on SIGTERM.",
-)
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="Another replica to repair with (anti-entropy); repeat for each [env MESSENGER_PEERS, comma-separated].",
-)
-@click.option(
-    "--repair-interval",
-    "repair_interval_s",
-    type=click.FloatRange(0.05, 3600),
-    default=5.0,
-    show_default=True,
-    help="Seconds between repair rounds (jittered).",
-)
-@click.option(
-    "--tombstone-grace",
-    "tombstone_grace_s",
-    type=click.FloatRange(min=1),
-    default=30 * 24 * 3600.0,
-    show_default=True,
-    help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
-)
-@click.option(
-    "--metrics-listen",
-    metavar="HOST:PORT",
-    envvar="MESSENGER_METRICS_LISTEN",
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
-)
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
-@click.option(
-    "--auth-public-key",
-    "auth_public_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_AUTH_PUBLIC_KEY",
-    help="Require tokens signed by this key (messenger keys init); repeat to rotate keys.",
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_TLS_CERT",
-    help="TLS certificate (PEM) for every listener, with --tls-key.",
-)
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), envvar="MESSENGER_TLS_KEY")
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_TLS_CLIENT_CA",
-    help="Mutual TLS: require client certificates signed by this CA.",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Allow listening beyond loopback without auth and TLS (warns on every start).",
-)
-@click.option(
-    "--peer-token-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_PEER_TOKEN_FILE",
-    help="File holding a peer token (messenger token issue NAME --peer) for repair calls to peers "
-    "[or the token itself in env MESSENGER_PEER_TOKEN].",
-)
-@click.option(
-    "--peer-tls-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_PEER_TLS_CA",
-    help="Call peers over TLS, trusting this CA.",
-)
-@click.option(
-    "--quota-messages",
-    type=click.IntRange(min=0),
-    default=1_000_000,
-    show_default=True,
-    help="Most messages queued per mailbox (0 = unlimited).",
-)
-@click.option(
-    "--quota-bytes",
-    type=click.IntRange(min=0),
-    default=1024**3,
-    show_default=True,
-    help="Most body bytes queued per mailbox (0 = unlimited).",
-)
-@click.option(
-    "--send-rate",
-    "send_rate_per_s",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Messages per second each identity (client host without auth) may send (0 = unlimited).",
-)
-@click.option(
-    "--send-burst",
-    type=click.IntRange(min=0),
-    default=0,
-    help="Token-bucket size for --send-rate [default: one second of --send-rate].",
-)
-def serve(
-    listen: tuple[str, ...],
-    ip: str | None,
-    port: int | None,
-    data_dir: Path,
-    store: str,
-    max_body_bytes: int,
-    grace_s: float,
-    peers: tuple[str, ...],
-    repair_interval_s: float,
-    tombstone_grace_s: float,
-    metrics_listen: str | None,
-    ready_file: Path | None,
-    auth_public_keys: tuple[Path, ...],
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    insecure: bool,
-    peer_token_file: Path | None,
-    peer_tls_ca: Path | None,
-    quota_messages: int,
-    quota_bytes: int,
-    send_rate_per_s: float,
-    send_burst: int,
-) -> None:
-    """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
-    from grpc_messenger.server.replica import run_replica
-
-    addresses = list(listen)
-    if ip is not None or port is not None:
-        host = ip or "[::]"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        addresses.append(f"{host}:{50051 if port is None else port}")
-    config = ServerConfig(
-        listen=tuple(addresses) or ("127.0.0.1:50051",),
-        data_dir=data_dir,
-        store=store,
-        max_body_bytes=max_body_bytes,
-        grace_s=grace_s,
-        ready_file=ready_file,
-        auth_public_keys=auth_public_keys,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        insecure=insecure,
-        peer_token=_peer_token(peer_token_file),
-        peer_tls_ca=peer_tls_ca,
-        quota_messages_max=quota_messages,
-        quota_bytes_max=quota_bytes,
-        send_rate_per_s=send_rate_per_s,
-        send_burst=send_burst,
-        peers=peers or servers_from_env("MESSENGER_PEERS"),
-        repair_interval_s=repair_interval_s,
-        tombstone_grace_s=tombstone_grace_s,
-        metrics_listen=metrics_listen,
-    )
-    asyncio.run(run_replica(config))
-
-
-def _peer_token(path: Path | None) -> str:
-    # from a file (kept out of `ps` and shell history), else the environment
-    if path is not None:
-        return path.read_text().strip()
-    return os.environ.get("MESSENGER_PEER_TOKEN", "").strip()
-
-
-@cli.command()
-@click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True, help="How many replicas.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
 @click.option(
     "--base-port",
     type=click.IntRange(0, 65535),
-    default=50051,
+    default=DEFAULT_PORTS[0],
     show_default=True,
     help="First port; replicas take consecutive ports (0: any free ports).",
 )
@@ -375,7 +167,13 @@ def _peer_token(path: Path | None) -> str:
     show_default=True,
     help="One sub-directory per replica.",
 )
-@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Store of every replica (sqlite: durable; memory: lost on exit).",
+)
 @click.option("--auth", is_flag=True, help="Require tokens (key pair under DATA_DIR/keys, made on first start).")
 @click.option("--secure", is_flag=True, help="Require tokens and use TLS (dev CA under DATA_DIR/tls).")
 @click.pass_context
@@ -392,7 +190,8 @@ def cluster(
     for replica in running:
         replica_id = replica.ready.replica_id if replica.ready is not None else "?"
         out.print(f"  {replica.name}  {replica.address}  pid {replica.pid}  id {replica_id}")
-    default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
+    is_default = (base_port, replicas) == (DEFAULT_PORTS[0], len(DEFAULT_PORTS))
+    default_note = "   (this is also the default)" if is_default else ""
     out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     for line in client_env:
         out.print(f"         {line}")
@@ -417,27 +216,143 @@ def cluster(
 
 @cli.command()
 @click.option("--from", "sender", required=True, metavar="ADDRESS", help="Your address.")
-@click.option("--to", "recipient", required=True, metavar="ADDRESS", help="The recipient's address.")
-@click.option("--quorum", "-w", type=click.IntRange(1, 9), help="Replicas that must store it before success [1].")
-@click.option("--key", help="Message key, to retry a send safely (default: a new UUIDv7).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--to",
+    "recipient",
+    metavar="ADDRESS",
+    help="The recipient's address (required, except with --jsonl lines that each name one).",
+)
+@click.option(
+    "--quorum",
+    "-w",
+    type=click.IntRange(1, 9),
+    help=f"Replicas that must store it before success [config: write_quorum; default "
+    f"{client_default('write_quorum')}].",
+)
+@click.option("--key", help="Message key, to resend safely (default: a new UUIDv7, printed on failure).")
+@click.option(
+    "--file",
+    "lines_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Send one message per line of this file (blank lines skipped), in batches.",
+)
+@click.option(
+    "--jsonl",
+    "jsonl_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Send one message per JSON line of this file: {"to": ..., "body": ..., "key": ...} ("key" optional; '
+    '"to" defaults to --to).',
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the bulk summary) as JSON.")
 @click.argument("text", required=False)
 @click.pass_obj
 def send(
-    g: Globals, sender: str, recipient: str, quorum: int | None, key: str | None, as_json: bool, text: str | None
+    g: Globals,
+    sender: str,
+    recipient: str | None,
+    quorum: int | None,
+    key: str | None,
+    lines_file: Path | None,
+    jsonl_file: Path | None,
+    as_json: bool,
+    text: str | None,
 ) -> None:
-    """Send TEXT (or standard input, if TEXT is missing or "-") from one address to another."""
+    """Send TEXT (or standard input, if TEXT is missing or "-") from one address to another.
+
+    With --file or --jsonl, send many messages through the library's batching,
+    with a progress bar and a summary.
+    """
+    if lines_file is not None or jsonl_file is not None:
+        _send_bulk(g, sender, recipient, quorum, key, lines_file, jsonl_file, as_json, text)
+        return
+    if recipient is None:
+        raise InvalidInput("say who it is for: --to ADDRESS")
     if text is None or text == "-":
         if sys.stdin.isatty():
             err.print("[dim]reading the message from standard input; end it with Ctrl-D[/]")
         text = sys.stdin.read()
         text = text.removesuffix("\n")
-    with Messenger(g.client_config(write_quorum=quorum)) as messenger:
-        report = messenger.send(sender=sender, recipient=recipient, body=text, key=key, settle=True)
+    # the key is known before sending, so a failure can always name it for a safe resend
+    key = key or new_key()
+    config = g.client_config(write_quorum=quorum)
+    try:
+        with client_session(config) as messenger:
+            report = messenger.send(sender=sender, recipient=recipient, body=text, key=key, settle=True)
+    except QuorumNotReached as exc:
+        _send_failed(config, exc.report, as_json=as_json, resend=_resend_hint(key, sender, recipient, quorum))
+        return
+    except MessengerError as exc:
+        if as_json:
+            click.echo(render.to_json({"key": key, "ok": False, "queued": False, "error": str(exc)}))
+        raise
     if as_json:
         click.echo(render.to_json(render.send_report_dict(report)))
     else:
         render.print_send_report(out, report)
+
+
+def _resend_hint(key: str, sender: str, recipient: str, quorum: int | None) -> str:
+    quorum_args = f" --quorum {quorum}" if quorum else ""
+    return f"messenger send --key {key} --from {sender} --to {recipient}{quorum_args} ..."
+
+
+def _send_failed(config: ClientConfig, report: SendReport, *, as_json: bool, resend: str) -> None:
+    queued = bulk.is_queued(report)
+    hint = tls_hint(config) if report.acknowledged == 0 else None
+    if as_json:
+        click.echo(render.to_json({**render.send_report_dict(report), "queued": queued, "hint": hint}))
+    else:
+        render.print_send_report(out, report)
+        render.print_send_failure(err, report, queued=queued, resend=render.shown(resend, keep_newlines=False))
+        if hint is not None:
+            render.print_hint(err, hint)
+    sys.exit(exit_codes.QUEUED if queued else exit_codes.FAILED)
+
+
+def _send_bulk(
+    g: Globals,
+    sender: str,
+    recipient: str | None,
+    quorum: int | None,
+    key: str | None,
+    lines_file: Path | None,
+    jsonl_file: Path | None,
+    as_json: bool,
+    text: str | None,
+) -> None:
+    if lines_file is not None and jsonl_file is not None:
+        raise InvalidInput("--file and --jsonl exclude each other")
+    if text is not None or key is not None:
+        raise InvalidInput("with --file or --jsonl the messages come from the file: no TEXT or --key")
+    validate_address(sender, what="sender address")
+    if lines_file is not None:
+        if recipient is None:
+            raise InvalidInput("--file needs --to ADDRESS")
+        drafts = bulk.drafts_from_lines(lines_file, sender=sender, recipient=recipient)
+    else:
+        assert jsonl_file is not None
+        drafts = bulk.drafts_from_jsonl(jsonl_file, sender=sender, recipient=recipient)
+    if not drafts:
+        raise InvalidInput(f"{lines_file or jsonl_file} holds no messages")
+    config = g.client_config(write_quorum=quorum)
+    with (
+        client_session(config) as messenger,
+        Progress(*Progress.get_default_columns(), console=err, transient=True, disable=not err.is_terminal) as bar,
+    ):
+        task = bar.add_task("sending", total=len(drafts))
+        outcome = bulk.send_in_chunks(messenger.send_many, drafts, on_chunk=lambda n: bar.advance(task, n))
+    queued, refused = outcome.queued, outcome.refused
+    hint = tls_hint(config) if outcome.stored == 0 else None
+    if as_json:
+        click.echo(render.to_json(render.bulk_dict(outcome, hint=hint)))
+    else:
+        render.print_bulk_summary(out, err, outcome)
+        if hint is not None:
+            render.print_hint(err, hint)
+    if refused:
+        sys.exit(exit_codes.FAILED)
+    if queued:
+        sys.exit(exit_codes.QUEUED)
 
 
 @cli.command()
@@ -460,8 +375,9 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
         raise InvalidInput("--all and --peek exclude each other")
     config = g.client_config()
     if show_all:
-        assert config.data_dir is not None
-        local = LocalInbox.in_dir(config.data_dir)
+        home = home_of(config)
+        check_home(home)
+        local = LocalInbox.in_dir(home)
         try:
             history = local.history(address, limit=limit)
         finally:
@@ -471,7 +387,7 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
         else:
             render.print_messages(out, history, empty=f"no messages for {address} in the local inbox")
         return
-    with Messenger(config) as messenger:
+    with client_session(config) as messenger:
         report = messenger.fetch(address) if peek else messenger.receive(address)
     if as_json:
         click.echo(render.to_json(render.read_report_dict(report)))
@@ -485,14 +401,17 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
 @click.pass_obj
 def status(g: Globals, as_json: bool) -> None:
     """Show each replica: reachable, healthy, how many messages, how fast. Exit 1 if none answers."""
-    with Messenger(g.client_config()) as messenger:
+    config = g.client_config()
+    with client_session(config) as messenger:
         statuses = messenger.status()
     if as_json:
         click.echo(render.to_json(render.status_dict(statuses)))
     else:
         render.print_status(out, statuses)
     if not any(s.reachable for s in statuses):
-        sys.exit(1)
+        if not as_json and (hint := tls_hint(config)) is not None:
+            render.print_hint(err, hint)
+        sys.exit(exit_codes.FAILED)
 
 
 cli.add_command(security_cmds.keys)
@@ -500,59 +419,27 @@ cli.add_command(security_cmds.token)
 cli.add_command(security_cmds.certs)
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
-@click.pass_context
-def outbox(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """Show deliveries the replicas are still owed (hinted hand-off); `outbox flush` pushes them now."""
-    if ctx.invoked_subcommand is not None:
-        return
-    g: Globals = ctx.obj
-    with Messenger(g.client_config()) as messenger:
-        counts = messenger.outbox_owed()
-        owed = messenger.outbox_listing(limit=limit)
-    if as_json:
-        click.echo(
-            render.to_json({"owed": counts[0], "expired": counts[1], "deliveries": [render.owed_dict(d) for d in owed]})
-        )
-    else:
-        render.print_outbox(out, owed, counts)
-
-
-@outbox.command("flush")
-@click.pass_obj
-def outbox_flush(g: Globals) -> None:
-    """Try every owed delivery now; exit 1 if some replica still lacks a message."""
-    with Messenger(g.client_config()) as messenger:
-        remaining = messenger.flush_outbox()
-        _, expired = messenger.outbox_owed()
-    if remaining:
-        err.print(
-            f"[yellow]{remaining} deliveries still owed[/] (replicas unreachable?); they are retried in the background"
-        )
-        sys.exit(1)
-    out.print("[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else ""))
-
-
 def main() -> None:
     """Entry point: run the CLI, turn our errors into one line and an exit status."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="messenger", standalone_mode=False)
     except click.exceptions.Abort:
         err.print("aborted")
-        sys.exit(130)
+        sys.exit(exit_codes.INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except InvalidInput as exc:
-        err.print(f"[red]error[/]: {exc}")
-        sys.exit(2)
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.BAD_INPUT)
+    except LocalDataError as exc:
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.LOCAL_DATA)
     except MessengerError as exc:
-        err.print(f"[red]error[/]: {exc}")
-        sys.exit(1)
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.FAILED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(exit_codes.INTERRUPTED)
 
 
 from grpc_messenger.bench.command import bench  # noqa: E402  (registered last: keeps merges easy)
@@ -560,6 +447,7 @@ from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 
 cli.add_command(chaos_command)
 cli.add_command(bench)
+cli.add_command(outbox)
 
 from grpc_messenger.cli.watch import watch  # noqa: E402
 
@@ -567,3 +455,13 @@ cli.add_command(watch)
 from grpc_messenger.cli.admin import admin  # noqa: E402
 
 cli.add_command(admin)
+
+from grpc_messenger.cli.tui import tui  # noqa: E402
+
+cli.add_command(tui)
+
+from grpc_messenger.cli.config_cmd import config_group  # noqa: E402
+from grpc_messenger.cli.serve import serve  # noqa: E402
+
+cli.add_command(serve)
+cli.add_command(config_group)

@@ -180,6 +180,19 @@ class Outbox:
             ).fetchone()
         return int(owed), int(expired)
 
+    def drop(self, *, key: str | None = None, replica: str | None = None) -> int:
+        """Forget owed deliveries on purpose (of message `key`, or to `replica`, or both); return how many.
+
+        For deliveries that can never succeed, e.g. to a replica taken out of service.
+        """
+        assert key is not None or replica is not None, "drop needs a key or a replica"
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM outbox WHERE (? IS NULL OR msg_key = ?) AND (? IS NULL OR replica = ?)",
+                (key, key, replica, replica),
+            )
+        return cursor.rowcount
+
     def close(self) -> None:
         """Close the file."""
         with self._lock:

@@ -24,7 +24,7 @@ import functools
 import logging
 import random
 import sqlite3
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -61,6 +61,8 @@ class SubscribeOptions:
     stream_deadline_s: float = 900.0
     # messages taken from the inbox per read (one transaction each)
     batch_max: int = 100
+    # how many recent keys remember which replicas delivered them (see Subscription.delivered_by)
+    remembered_keys_max: int = 10_000
 
     def __post_init__(self) -> None:
         assert 0 < self.backoff_initial_s <= self.backoff_max_s
@@ -129,6 +131,7 @@ class Subscription:
         self._buffer: deque[Message] = deque()
         self._wake = asyncio.Event()
         self._closed = False
+        self._delivered_by: OrderedDict[str, frozenset[str]] = OrderedDict()
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -175,6 +178,10 @@ class Subscription:
     def states(self) -> list[StreamState]:
         """Each replica's stream now, in configuration order."""
         return [self._states[r.address] for r in self._replicas]
+
+    def delivered_by(self, key: str) -> frozenset[str]:
+        """The replicas whose stream brought `key` (for recent keys; empty if unknown or forgotten)."""
+        return self._delivered_by.get(key, frozenset())
 
     # --- handing out -----------------------------------------------------------------
 
@@ -261,6 +268,7 @@ class Subscription:
             wire.stored_message_from_pb(m) for m in page.messages if normalize_address(m.dest_email) == self.address
         ]
         fresh = await asyncio.to_thread(self._inbox.store_new, self.address, messages)
+        self._remember(replica.address, messages)
         # only now, with the copy on our disk, may the replica delete its own
         await replica.stub.Ack(
             pb.AckRequest(self_email=self.address, keys=[m.key for m in messages]),
@@ -270,6 +278,13 @@ class Subscription:
         if fresh:
             log.debug("event=subscribe.stored replica=%s n=%d", replica.address, len(fresh))
             self._wake.set()
+
+    def _remember(self, replica: str, messages: list[Message]) -> None:
+        for message in messages:
+            holders = self._delivered_by.pop(message.key, frozenset())
+            self._delivered_by[message.key] = holders | {replica}
+        while len(self._delivered_by) > self.options.remembered_keys_max:
+            self._delivered_by.popitem(last=False)
 
     def _set_state(self, replica: str, *, connected: bool, error: str = "", opened_more: bool = False) -> None:
         state = self._states[replica]

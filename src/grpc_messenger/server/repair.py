@@ -89,6 +89,8 @@ class Repairer:
         self._stubs = {peer: pb_grpc.ReplicaServiceStub(ch) for peer, ch in self._channels.items()}
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
+        # peer -> monotonic time its rounds began failing: logs say when a peer is lost and back, not every round
+        self._down_since_s: dict[str, float] = {}
 
     def start(self) -> None:
         """Begin periodic rounds in the background."""
@@ -119,18 +121,26 @@ class Repairer:
                 await self._repair_mailbox(peer, mailbox, stats)
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
-            log.info("event=repair.peer_failed peer=%s code=%s", peer, code)
+            if peer not in self._down_since_s:
+                self._down_since_s[peer] = started
+                log.warning("event=repair.peer_lost peer=%s code=%s", peer, code)
+            else:
+                log.debug("event=repair.peer_failed peer=%s code=%s", peer, code)
             result = "failed"
         else:
             result = "ok"
+            down_since_s = self._down_since_s.pop(peer, None)
+            if down_since_s is not None:
+                log.info("event=repair.peer_back peer=%s down_s=%.1f", peer, started - down_since_s)
         if self._metrics is not None:
             self._metrics.repair_rounds.labels(result).inc()
             self._metrics.repair.labels("pulled").inc(stats.pulled)
             self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
             self._metrics.repair.labels("rejected").inc(stats.rejected)
-        if stats.differing or stats.pulled or stats.tombstoned:
+            self._metrics.observe_repair_round(peer, ok=result == "ok", mailboxes_differing=stats.differing)
+        if stats.pulled or stats.tombstoned or stats.rejected:
             log.info(
-                "event=repair.round peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
+                "event=repair.repaired peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
                 peer, stats.compared, stats.differing, stats.pulled, stats.tombstoned, stats.rejected,
                 (time.monotonic() - started) * 1000,
             )  # fmt: skip
