@@ -179,9 +179,11 @@ def send_outcomes(
     if len(results) != len(messages):
         failure = Failure(Status.INTERNAL, "replica answered a different count")
         return (ReplicaOutcome(replica, ReplicaState.FAILED, failure),)
-    stored_value = pb.SEND_OUTCOME_STORED
-    if all(r.outcome == stored_value and (not r.key or r.key == m.key) for r, m in zip(results, messages, strict=True)):
-        return (stored,) if len(results) > 1 else [stored]
+    # the common answer, checked with two list comprehensions and C-level compares
+    if [r.outcome for r in results].count(pb.SEND_OUTCOME_STORED) == len(results):
+        keys = [r.key for r in results]
+        if keys == [m.key for m in messages] or not any(keys):
+            return (stored,) if len(results) > 1 else [stored]
     return [_send_outcome(r, m.key, replica, stored, already) for r, m in zip(results, messages, strict=True)]
 
 

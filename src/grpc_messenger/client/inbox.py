@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from grpc_messenger.errors import InboxError
 from grpc_messenger.model import Message, normalize_address
 
 _SCHEMA = """
@@ -91,8 +92,16 @@ class LocalInbox:
                     [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
                 )
                 self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk): a second
+                # ROLLBACK would raise "no transaction is active" and hide the real cause
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise InboxError(
+                        f"the local inbox {self.path} cannot store new messages ({exc}); nothing was"
+                        " acknowledged, so they stay queued on the replicas: free space and read again"
+                    ) from exc
                 raise
         return fresh
 
