@@ -6,7 +6,6 @@ Every failure is one clear line on stderr and a documented exit status
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from grpc_messenger import logs
 from grpc_messenger._version import __version__
 from grpc_messenger.cli import bulk, exit_codes, render, security_cmds
 from grpc_messenger.cli import cluster as local_cluster
@@ -49,7 +49,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
+    help="TOML config file (servers, write_quorum, timeout_s, home, token, tls, tls_ca, client_cert, "
+    "client_key) [env MESSENGER_CONFIG; default ~/.config/grpc-messenger/config.toml].",
 )
 @click.option(
     "--timeout",
@@ -69,6 +70,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Log level; logs go to stderr as key=value events [default: info for serve, cluster, chaos and "
     "bench; error for the client commands, whose results and failures are their output].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="kv",
+    envvar="MESSENGER_LOG_FORMAT",
+    show_default=True,
+    help="Log lines as key=value events or as one JSON object each [env MESSENGER_LOG_FORMAT].",
 )
 @click.option(
     "--token",
@@ -105,6 +114,7 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str | None,
+    log_format: str,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
@@ -118,12 +128,7 @@ def cli(
     """
     if log_level is None:
         log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "error"
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+    logs.configure(level=log_level, log_format=log_format)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
     ctx.obj = Globals(
         servers=servers,

@@ -122,6 +122,8 @@ class Replica:
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self.metrics = ReplicaMetrics()
+        if isinstance(self.store, SqliteStore):
+            self.store.commit_observer = self.metrics.observe_commit
         self.metrics_address: str | None = None
         self._server = grpc.aio.server(
             # metrics outermost: refused calls are counted with their status code
