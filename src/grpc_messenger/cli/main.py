@@ -569,3 +569,7 @@ cli.add_command(watch)
 from grpc_messenger.cli.tui import tui  # noqa: E402
 
 cli.add_command(tui)
+
+from grpc_messenger.cli.web import web  # noqa: E402
+
+cli.add_command(web)

@@ -62,7 +62,7 @@ def replicas_summary(statuses: Sequence[ReplicaStatus] | None, streams: Sequence
     # before the first check, the live streams tell
     up = sum(1 for s in streams if s.connected) if statuses is None else sum(1 for s in statuses if s.reachable)
     if up == total:
-        return f"all {total} replicas up", "ok"
+        return (f"all {total} replicas up" if total > 1 else "the replica is up"), "ok"
     if up == 0:
         return (f"no replica reachable (0 of {total}): new mail waits; sends are kept and delivered later", "down")
     return (f"{up} of {total} replicas up: still working; the others catch up when they return", "degraded")
