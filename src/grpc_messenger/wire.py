@@ -6,7 +6,8 @@ the wire format and the model can change independently of the layers above.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from grpc_messenger.model import Message, PutOutcome, build_message
 from grpc_messenger.proto import messenger_pb2 as pb
@@ -75,3 +76,54 @@ def batch_request(messages: Iterable[Message]) -> pb.SendBatchRequest:
 def batch_request_of(requests: list[pb.SendRequest]) -> pb.SendBatchRequest:
     """A SendBatch request of messages already in wire form (built once, sent to every replica)."""
     return pb.SendBatchRequest(messages=requests)
+
+
+# --- client side: the requests a client sends and the replies it reads ----------------
+
+
+def fetch_request(mailbox: str, *, after_seq: int, limit: int) -> pb.FetchRequest:
+    """A Fetch of up to `limit` messages of `mailbox` queued after `after_seq`."""
+    return pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=limit)
+
+
+def ack_request(mailbox: str, keys: Sequence[str]) -> pb.AckRequest:
+    """An Ack deleting `keys` from `mailbox`."""
+    return pb.AckRequest(self_email=mailbox, keys=list(keys))
+
+
+def info_request() -> pb.InfoRequest:
+    """An Info request (counts, version, digest of a replica)."""
+    return pb.InfoRequest()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """One page of a replica's queue as received.
+
+    Keys are cheap to read; bodies are decoded into `Message` values only on
+    demand, so a reader can drop the copies other replicas already returned
+    before paying for them.
+    """
+
+    rows: Sequence[pb.SendRequest]
+    next_after_seq: int
+    more: bool
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys on this page, in queue order."""
+        return [row.key for row in self.rows]
+
+    def messages(self) -> list[Message]:
+        """Every message on this page."""
+        return [stored_message_from_pb(row) for row in self.rows]
+
+
+def fetched_page(response: pb.FetchResponse) -> FetchedPage:
+    """The page a Fetch returned."""
+    return FetchedPage(rows=response.messages, next_after_seq=response.next_after_seq, more=response.more)
+
+
+def acked_count(response: pb.AckResponse) -> int:
+    """How many of the acked keys the replica deleted (keys it did not hold count 0)."""
+    return response.deleted

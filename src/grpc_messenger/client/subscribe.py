@@ -34,7 +34,8 @@ import grpc
 
 from grpc_messenger import wire
 from grpc_messenger.client.inbox import LocalInbox
-from grpc_messenger.errors import MessengerError, from_rpc_error
+from grpc_messenger.errors import MessengerError, Status
+from grpc_messenger.grpc_errors import from_rpc_error
 from grpc_messenger.model import Message, normalize_address, validate_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
@@ -44,9 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A replica that refuses for one of these reasons will refuse again: stop following it.
-_FINAL_CODES = frozenset(
-    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
-)
+_FINAL_CODES = frozenset({Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.INVALID_ARGUMENT})
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.client.outbox import OwedDelivery
 from grpc_messenger.client.subscribe import BlockingSubscription, SubscribeOptions, Subscription
 from grpc_messenger.config import ClientConfig
+from grpc_messenger.errors import Failure
 from grpc_messenger.model import Draft, ReadReport, ReplicaStatus, SendReport
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ class Messenger:
         """See AsyncMessenger.fetch."""
         return self._run(self._core.fetch(address))
 
-    def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
+    def ack(self, address: str, keys: Sequence[str]) -> dict[str, Failure | None]:
         """See AsyncMessenger.ack."""
         return self._run(self._core.ack(address, keys))
 

@@ -20,6 +20,7 @@ from grpc_messenger import wire
 from grpc_messenger._version import __version__
 from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError, ResourceExhausted
+from grpc_messenger.grpc_errors import to_grpc
 from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
@@ -45,7 +46,7 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await handler(self, request, context)
         except MessengerError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(to_grpc(exc.code), str(exc))
         except Exception:
             log.exception("event=rpc.internal_error method=%s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in replica; see its log")
@@ -192,7 +193,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             with self._signals.listen(mailbox) as wake:
                 await self._stream(mailbox, request.after_seq, wake, context)
         except MessengerError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(to_grpc(exc.code), str(exc))
         except TimeoutError:
             log.info("event=subscribe.slow_client_dropped")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream dropped: the client did not read in time")

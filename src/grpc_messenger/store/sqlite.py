@@ -35,10 +35,13 @@ from grpc_messenger.store.base import (
     KeyState,
     MailboxDigest,
     MailboxUsage,
+    ScrubPage,
     StoreCounts,
+    TombstoneRef,
     decide,
     key_hash,
 )
+from grpc_messenger.store.diskspace import DiskFull, commit_error
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,8 @@ class SqliteStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=QUEUE_OPS_MAX)
         self._closed = False
+        # set by a commit that found no space, cleared by the next one that wrote something
+        self.disk_full = False
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
@@ -271,6 +276,7 @@ class SqliteStore:
     def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
         results: list[tuple[bool, Any]] = []
+        changes_before = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
@@ -279,15 +285,20 @@ class SqliteStore:
                     results.append((True, op.apply(conn)))
                 except Exception as exc:  # this op alone fails; the batch goes on
                     conn.execute("ROLLBACK TO op")
-                    results.append((False, exc))
+                    failure = commit_error(exc, path=self.path) if isinstance(exc, sqlite3.Error) else exc
+                    results.append((False, failure))
                 conn.execute("RELEASE op")
+            wrote = conn.total_changes != changes_before
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("event=store.commit_failed error=%r ops=%d", exc, len(ops))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"commit failed: {exc}")
+            error = commit_error(exc, path=self.path)
+            self.disk_full = isinstance(error, DiskFull)
             return [(False, error)] * len(ops)
+        if wrote:  # only a commit that wrote something proves there is space again
+            self.disk_full = False
         return results
 
     # --- operations --------------------------------------------------------
@@ -331,6 +342,19 @@ class SqliteStore:
 
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         return await self._write(lambda conn: _purge(conn, deleted_before_ms, limit))
+
+    async def scrub(self, *, after_seq: int, limit: int) -> ScrubPage:
+        now_ms = self._clock_ms()
+        return await self._write(lambda conn: _scrub(conn, after_seq, limit, now_ms))
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        return await self._read(lambda conn: _tombstone_candidates(conn, deleted_before_ms, after, limit))
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        items = [(t.mailbox, t.key) for t in tombstones]
+        return await self._write(lambda conn: _forget_tombstones(conn, items))
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
         key_list = list(keys)
@@ -522,3 +546,79 @@ def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list
         if digest == message.digest:  # a damaged copy must not spread
             found.append(message)
     return found
+
+
+def _tombstone_candidates(
+    conn: sqlite3.Connection, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+) -> list[TombstoneRef]:
+    start = (after.deleted_unix_ms, after.mailbox, after.key) if after else (-1, "", "")
+    rows = conn.execute(
+        "SELECT deleted_unix_ms, mailbox, msg_key FROM tombstones"
+        " WHERE deleted_unix_ms < ? AND (deleted_unix_ms, mailbox, msg_key) > (?, ?, ?)"
+        " ORDER BY deleted_unix_ms, mailbox, msg_key LIMIT ?",
+        (deleted_before_ms, *start, limit),
+    ).fetchall()
+    return [TombstoneRef(*row) for row in rows]
+
+
+def _forget_tombstones(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> int:
+    return max(conn.executemany("DELETE FROM tombstones WHERE mailbox = ? AND msg_key = ?", items).rowcount, 0)
+
+
+# Rows that failed their checksum, kept as they were found (raw bytes, no constraints).
+_DAMAGED_ROWS = """
+CREATE TABLE IF NOT EXISTS damaged_rows (
+    seq INTEGER, mailbox BLOB, msg_key BLOB, sender BLOB, body BLOB,
+    created_unix_ms INTEGER, legacy_id INTEGER, digest BLOB, found_unix_ms INTEGER NOT NULL
+)
+"""
+
+
+def _row_intact(row: tuple[Any, ...]) -> bool:
+    try:
+        _, message, digest = _row_to_message(row)
+    except Exception:  # a damaged field may not even make a valid message
+        return False
+    return bool(digest == message.digest)
+
+
+def _scrub(conn: sqlite3.Connection, after_seq: int, limit: int, now_ms: int) -> ScrubPage:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+    ).fetchall()
+    if not rows:
+        return ScrubPage(next_after_seq=after_seq, checked=0, moved_aside=0, done=True)
+    damaged = [(row[0],) for row in rows if not _row_intact(row)]
+    if damaged:
+        conn.execute(_DAMAGED_ROWS)
+        conn.executemany(
+            "INSERT INTO damaged_rows SELECT seq, CAST(mailbox AS BLOB), CAST(msg_key AS BLOB),"
+            f" CAST(sender AS BLOB), CAST(body AS BLOB), created_unix_ms, legacy_id, CAST(digest AS BLOB), {now_ms:d}"
+            " FROM messages WHERE seq = ?",
+            damaged,
+        )
+        conn.executemany("DELETE FROM messages WHERE seq = ?", damaged)
+        # the delete triggers subtracted what the damaged row says (maybe a wrong mailbox
+        # or key): rebuild the per-mailbox totals and repair digests from what is left
+        _rebuild_derived(conn)
+        log.error("event=store.damaged_rows_moved_aside n=%d", len(damaged))
+    return ScrubPage(next_after_seq=rows[-1][0], checked=len(rows), moved_aside=len(damaged), done=len(rows) < limit)
+
+
+def _rebuild_derived(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM mailbox_usage")
+    conn.execute(_USAGE_BACKFILL)
+    digests: dict[str, list[int]] = {}
+    for mailbox, key in conn.execute("SELECT mailbox, msg_key FROM messages"):
+        entry = digests.setdefault(mailbox, [0, 0, 0])
+        entry[0] ^= key_hash(mailbox, "m", key)
+        entry[1] += 1
+    for mailbox, key in conn.execute("SELECT mailbox, msg_key FROM tombstones"):
+        entry = digests.setdefault(mailbox, [0, 0, 0])
+        entry[0] ^= key_hash(mailbox, "t", key)
+        entry[2] += 1
+    conn.execute("DELETE FROM mailbox_digest")
+    conn.executemany(
+        "INSERT INTO mailbox_digest (mailbox, digest, messages, tombstones) VALUES (?, ?, ?, ?)",
+        [(mailbox, *entry) for mailbox, entry in digests.items()],
+    )

@@ -16,8 +16,15 @@ from typing import Protocol
 from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.subscribe import StreamState, Subscription
 from grpc_messenger.config import ClientConfig
-from grpc_messenger.errors import InvalidInput, PermissionDenied, QuorumNotReached, Unavailable
-from grpc_messenger.model import Message, ReplicaStatus, SendReport, normalize_address, validate_address
+from grpc_messenger.errors import InvalidInput, PermissionDenied, Unavailable
+from grpc_messenger.model import (
+    Message,
+    QuorumNotReached,
+    ReplicaStatus,
+    SendReport,
+    normalize_address,
+    validate_address,
+)
 
 # the conversation history loaded at sign-in
 HISTORY_MAX = 1000
@@ -165,11 +172,11 @@ def library_opener(base: ClientConfig, *, check_token: bool = False) -> SessionO
 async def _check_token(messenger: AsyncMessenger, address: str) -> None:
     """Raise unless some replica accepts this client's token for `address` (an Ack of no keys changes nothing)."""
     answers = await messenger.ack(address, [])
-    errors = [error for error in answers.values() if error]
-    refusals = [e for e in errors if e.startswith(("UNAUTHENTICATED", "PERMISSION_DENIED"))]
+    failures = [failure for failure in answers.values() if failure is not None]
+    refusals = [failure for failure in failures if failure.denied]
     if refusals:
         raise PermissionDenied(f"the replicas refuse this token for {address}: {refusals[0]}")
-    if len(errors) == len(answers):
+    if len(failures) == len(answers):
         raise Unavailable("no replica answered, so your token could not be checked; try again")
 
 
