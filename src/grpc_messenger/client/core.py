@@ -14,6 +14,7 @@ import functools
 import logging
 import random
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ class AsyncMessenger:
         self._persist_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
         self._outbox_task: asyncio.Task[None] | None = None
+        # open subscriptions: closed (their streams stopped) before the channels and inbox they use
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     async def __aenter__(self) -> AsyncMessenger:
         self.connect()
@@ -172,6 +175,7 @@ class AsyncMessenger:
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*(subscription.aclose() for subscription in list(self._subscriptions)))
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(link.batcher.close() for link in self._links)),
@@ -602,10 +606,10 @@ class AsyncMessenger:
         """Follow `address` on every replica: each new message once, stored and acked as `receive()` does.
 
         Use as `async with m.subscribe(a) as sub: async for message in sub: ...`; see
-        client/subscribe.py. Close the subscription before the messenger.
+        client/subscribe.py. Closing the messenger closes its subscriptions first.
         """
         self._require_open()
-        return Subscription(
+        subscription = Subscription(
             address=address,
             replicas=[ReplicaStream(link.address, link.stub) for link in self._links],
             inbox=self.inbox,
@@ -613,6 +617,8 @@ class AsyncMessenger:
             call_timeout_s=self.config.timeout_s,
             options=options,
         )
+        self._subscriptions.add(subscription)
+        return subscription
 
 
 class _Tally:
