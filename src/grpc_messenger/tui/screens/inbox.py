@@ -95,6 +95,9 @@ class InboxScreen(Screen[None]):
                 self._file(message)
         except MessengerError as exc:
             self._say(f"the replicas refuse to deliver: {exc}")
+        except Exception as exc:  # the screen stays up and says so, whatever broke below it
+            log.exception("event=tui.live_failed")
+            self._say(f"live updates stopped: {exc}; sign in again to resume")
 
     def _file(self, message: Message) -> None:
         name = normalize_address(message.sender)
@@ -145,6 +148,10 @@ class InboxScreen(Screen[None]):
         try:
             message, report = await self.session.send(recipient, body)
         except MessengerError as exc:
+            self._say_send(f"not sent: {exc}")
+            return
+        except Exception as exc:  # never crash the app over one send
+            log.exception("event=tui.send_failed")
             self._say_send(f"not sent: {exc}")
             return
         conversation = self.conversations.add(message, unread=False, report=report)
@@ -221,12 +228,12 @@ class InboxScreen(Screen[None]):
         panel.show(self.session.servers, self._statuses, streams)
         panel.show_outbox(owed)
         self._redraw_in_view()
-        sentence, severity = replicas_summary(self._statuses, streams)
+        sentence, severity = replicas_summary(self._statuses)
         self.query_one(StatusLine).show(sentence, severity, last_send=self._last_send)
 
     def _say_send(self, text: str) -> None:
         self._last_send = text
-        sentence, severity = replicas_summary(self._statuses, self.session.streams())
+        sentence, severity = replicas_summary(self._statuses)
         self.query_one(StatusLine).show(sentence, severity, last_send=text)
 
     def _say(self, text: str) -> None:
