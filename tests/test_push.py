@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from grpc_messenger import wire
 from grpc_messenger.client.core import AsyncMessenger
@@ -202,3 +204,10 @@ def test_a_token_for_another_address_is_refused_by_subscribe_and_by_the_web_sign
         await session.close()
 
     asyncio.run(asyncio.wait_for(run(), 60))
+
+
+@given(attempt=st.integers(min_value=0, max_value=10_000))
+def test_resubscribe_backoff_grows_is_capped_and_jittered(attempt: int) -> None:
+    options = SubscribeOptions(backoff_initial_s=0.1, backoff_max_s=2.0)
+    ceiling_s = min(2.0, 0.1 * 2.0 ** min(attempt, 30))
+    assert ceiling_s / 2 <= options.backoff_s(attempt) <= ceiling_s
