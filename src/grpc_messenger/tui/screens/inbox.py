@@ -39,7 +39,8 @@ class InboxScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new", "New"),
         Binding("r", "reply", "Reply"),
-        Binding("ctrl+s", "send", "Send", priority=True),
+        # not a priority binding: it then waits behind the keys typed before it, none is left out
+        Binding("ctrl+s", "send", "Send"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+r", "toggle_replicas", "Replicas"),
         Binding("f5", "check_replicas", "Check", show=False),
