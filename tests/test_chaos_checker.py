@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from grpc_messenger.chaos import SCENARIOS, ChaosConfig, FaultKind, SchedulePlan, check, plan_schedule, schedule_for
 from grpc_messenger.chaos.faults import MANDATORY, NEEDS_SENDER_PROCESSES
+from tests.chaos_support import CI_DATA_LOSS_GAP_S, CI_DURATION_S, CI_SEED
 
 
 def sent(key: str, *, outcome: str = "ok", mailbox: str = "mb@x.org", body: str | None = None) -> list[dict[str, Any]]:
@@ -120,8 +121,3 @@ def test_ci_run_schedule_has_every_required_fault() -> None:
     schedule = schedule_for(ChaosConfig(seed=CI_SEED, duration_s=CI_DURATION_S, data_loss_gap_s=CI_DATA_LOSS_GAP_S))
     kinds = {f.kind for f in schedule}
     assert set(MANDATORY) <= kinds, sorted(k.value for k in set(MANDATORY) - kinds)
-
-
-CI_SEED = 5
-CI_DURATION_S = 35.0
-CI_DATA_LOSS_GAP_S = 7.0

@@ -59,6 +59,20 @@ def test_outbox_records_retries_with_backoff_and_forgets_when_paid(tmp_path: Pat
         outbox.close()
 
 
+def test_outbox_drop_forgets_by_key_by_replica_or_both(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=FakeClock())
+    try:
+        a, b = message("a"), message("b")
+        outbox.owe([(a, "r1", "x"), (a, "r2", "x"), (b, "r1", "x"), (b, "r2", "x")])
+        assert outbox.drop(key=a.key, replica="r9") == 0
+        assert outbox.drop(key=a.key, replica="r1") == 1
+        assert outbox.drop(replica="r2") == 2
+        assert outbox.drop(key=b.key) == 1
+        assert outbox.counts() == (0, 0)
+    finally:
+        outbox.close()
+
+
 def test_outbox_expiry_reports_instead_of_dropping(tmp_path: Path) -> None:
     clock = FakeClock()
     outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)

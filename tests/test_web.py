@@ -113,12 +113,16 @@ def test_web_page_signs_in_sends_and_shows_the_reply(replica_factory: ReplicaFac
                 page.keyboard.type("ann@example.org")
                 page.keyboard.press("Enter")
                 shows("Conversations")
-                # typed as a person would: a pause after each key that moves the focus
-                for key, pause_ms in (("n", 300), ("Tab", 300)):
-                    page.keyboard.press(key)
-                    page.wait_for_timeout(pause_ms)
-                    text = "bob@example.org" if key == "n" else "ping from the browser"
-                    page.keyboard.type(text, delay=20)
+                # typed as a person would: a pause after each key that moves the focus (keys typed
+                # before the focus lands go to the pane that had it), and a look at what was typed
+                page.keyboard.press("n")
+                page.wait_for_timeout(1000)
+                page.keyboard.type("bob@example.org", delay=20)
+                shows("bob@example.org")
+                page.keyboard.press("Tab")
+                page.wait_for_timeout(1000)
+                page.keyboard.type("ping from the browser", delay=20)
+                shows("ping from the browser")
                 page.keyboard.press("Control+s")
                 shows("stored on 1/1")
                 question = inbox.next(timeout_s=WAIT_S)
