@@ -14,12 +14,11 @@ from grpc_messenger.client.subscribe import StreamState
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, ReplicaOutcome, ReplicaState, ReplicaStatus, SendReport
 
-DOWN = Failure(Status.UNAVAILABLE, "down")
-UNREACHABLE = Failure(Status.UNAVAILABLE)
 SERVERS = ("r1.example.org:7001", "r2.example.org:7002", "r3.example.org:7003")
 ME = "bob@example.org"
 # 2026-01-05 09:00 UTC, and a minute apart after it
 T0_MS = 1_767_603_600_000
+DOWN = Failure(Status.UNAVAILABLE, "connection refused")
 
 
 def msg(n: int, sender: str, recipient: str, body: str) -> Message:
@@ -83,7 +82,7 @@ class FakeSession:
 
     async def status(self) -> list[ReplicaStatus]:
         return [
-            ReplicaStatus(address=a, reachable=ok, serving=ok, latency_ms=1.5 + i, failure=None if ok else UNREACHABLE)
+            ReplicaStatus(address=a, reachable=ok, serving=ok, latency_ms=1.5 + i, failure=None if ok else DOWN)
             for i, (a, ok) in enumerate(zip(SERVERS, self.up, strict=True))
         ]
 

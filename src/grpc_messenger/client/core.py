@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +63,8 @@ class AsyncMessenger:
         self._background: list[asyncio.Task[None]] = []
         self._closed = False
         self._entropy = _Entropy()
+        # open subscriptions: closed (their streams stopped) before the channels and inbox they use
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     async def __aenter__(self) -> AsyncMessenger:
         self.connect()
@@ -132,6 +135,7 @@ class AsyncMessenger:
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*(subscription.aclose() for subscription in list(self._subscriptions)))
         if self._coalescer is not None:
             try:
                 await asyncio.wait_for(
@@ -286,10 +290,10 @@ class AsyncMessenger:
         """Follow `address` on every replica: each new message once, stored and acked as `receive()` does.
 
         Use as `async with m.subscribe(a) as sub: async for message in sub: ...`; see
-        client/subscribe.py. Close the subscription before the messenger.
+        client/subscribe.py. Closing the messenger closes its subscriptions first.
         """
         self._require_open()
-        return Subscription(
+        subscription = Subscription(
             address=address,
             replicas=[ReplicaStream(link.address, link.stub) for link in self._links],
             inbox=self.inbox,
@@ -297,6 +301,8 @@ class AsyncMessenger:
             call_timeout_s=self.config.timeout_s,
             options=options,
         )
+        self._subscriptions.add(subscription)
+        return subscription
 
 
 class _Entropy:
