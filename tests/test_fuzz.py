@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger import ServerConfig
-from grpc_messenger.model import MAX_UNIX_MS, content_digest, validate_address, validate_key
+from grpc_messenger.model import MAX_UNIX_MS, content_digest, new_key, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.servicer import MessengerServicer
@@ -68,12 +68,24 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
         replica = factory.replica(extra_args=("--max-body-bytes", str(MAX_BODY_BYTES)))
         channel = grpc.insecure_channel(replica.address)
         c = Campaign(replica, channel, pb_grpc.MessengerServiceStub(channel))
+        seed_store(c)
         yield c
         print(f"fuzz: outcomes {dict(sorted(c.codes.items()))}; acknowledged messages checked: {len(c.acked)}")
     finally:
         if channel is not None:
             channel.close()
         factory.teardown()
+
+
+def seed_store(c: Campaign) -> None:
+    """Valid messages stored before any fuzzing, so every soundness check (also one run alone) has data to check."""
+    messages = [
+        pb.SendRequest(key=new_key(), msg=f"seed {i}", self_email="seed@x.org", dest_email=f"seed-{i % 2}@x.org")
+        for i in range(4)
+    ]
+    request = pb.SendBatchRequest(messages=messages)
+    _record(c, "SendBatch", request, c.stub.SendBatch(request, timeout=10))
+    assert len(c.acked) == len(messages)
 
 
 def assert_replica_sound(c: Campaign) -> None:
@@ -101,6 +113,7 @@ def assert_replica_sound(c: Campaign) -> None:
         n, b = expected_usage.get(mailbox, (0, 0))
         expected_usage[mailbox] = (n + 1, b + len(body.encode("utf-8")))
     assert usage == expected_usage
+    assert c.acked, "nothing acknowledged: the check would be empty"
     missing = c.acked - present
     assert not missing, f"acknowledged but gone: {sorted(missing)[:5]}"
 
@@ -271,12 +284,14 @@ def test_a_subscriber_that_stops_reading_is_dropped() -> None:
 
 
 AuthCampaign = tuple[ReplicaProcess, pb_grpc.MessengerServiceStub, str]
+FOR_BOB = "for bob, behind his token"
 
 
 @pytest.fixture(scope="module")
 def auth_campaign(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ReplicaProcess, pb_grpc.MessengerServiceStub, str]]:
+    """A replica requiring tokens, its stub, and Bob's token; Bob's mailbox holds one message (FOR_BOB)."""
     root = tmp_path_factory.mktemp("fuzz-auth")
     keys = make_keys(root / "keys")
     factory = ReplicaFactory(root / "replicas")
@@ -284,7 +299,10 @@ def auth_campaign(
     try:
         replica = factory.replica(extra_args=("--auth-public-key", str(keys.public_path)))
         channel = grpc.insecure_channel(replica.address)
-        yield replica, pb_grpc.MessengerServiceStub(channel), keys.token("bob@x.org")
+        stub, bob = pb_grpc.MessengerServiceStub(channel), keys.token("bob@x.org")
+        mine = pb.SendRequest(key=new_key(), msg=FOR_BOB, self_email="bob@x.org", dest_email="bob@x.org")
+        assert stub.Send(mine, metadata=bearer(bob), timeout=10).success
+        yield replica, stub, bob
     finally:
         if channel is not None:
             channel.close()
@@ -305,7 +323,9 @@ def test_garbage_and_tampered_tokens_are_unauthenticated(auth_campaign: AuthCamp
         metadata = (("authorization", token_value),)
         _, code, details = _attempt(lambda md=metadata: stub.Fetch(request, metadata=md, timeout=5))
         assert code == grpc.StatusCode.UNAUTHENTICATED, (token_value, details)
-    assert stub.Fetch(request, metadata=bearer(bob), timeout=5) is not None
+    # and Bob's own token still opens his mailbox
+    page = stub.Fetch(request, metadata=bearer(bob), timeout=5)
+    assert [m.msg for m in page.messages] == [FOR_BOB]
 
 
 def _flip(token: str, position: int) -> str:

@@ -64,14 +64,16 @@ def validate_body(value: str, *, max_body_bytes: int) -> str:
     return value
 
 
-def new_key(*, now_ms: int | None = None) -> str:
+def new_key(*, now_ms: int | None = None, entropy: bytes | None = None) -> str:
     """A fresh UUIDv7 string: time-ordered, 74 random bits, unique forever.
 
     Keys never restart: they come from the clock and os.urandom, not a counter,
-    so a restarted client or a second device cannot reuse one.
+    so a restarted client or a second device cannot reuse one. A caller making
+    many keys may pass 10 bytes of os.urandom it read in bulk as `entropy`.
     """
     unix_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    assert entropy is None or len(entropy) == 10
+    rand = int.from_bytes(os.urandom(10) if entropy is None else entropy, "big")
     value = (unix_ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version 7
     value |= ((rand >> 62) & 0xFFF) << 64  # rand_a

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from grpc_messenger.model import Message, PutOutcome, build_message
+from grpc_messenger.errors import Failure, Status
+from grpc_messenger.model import (
+    Message,
+    PutOutcome,
+    ReplicaOutcome,
+    ReplicaState,
+    ReplicaStatus,
+    build_message,
+    normalize_address,
+)
 from grpc_messenger.proto import messenger_pb2 as pb
 
 _OUTCOME_TO_PB = {
@@ -118,6 +127,26 @@ class FetchedPage:
         """Every message on this page."""
         return [stored_message_from_pb(row) for row in self.rows]
 
+    def take_new(self, mailbox: str, seen: dict[str, bool]) -> tuple[list[Message], list[str]]:
+        """Decode only the copies whose key is not in `seen` yet; return them and this page's keys of `mailbox`.
+
+        `seen` maps each key met so far (on any replica) to whether it belongs to
+        `mailbox` (a normalized address); each key is decoded once however many
+        replicas return it.
+        """
+        fresh: list[Message] = []
+        mine: list[str] = []
+        for row in self.rows:
+            key = row.key
+            belongs = seen.get(key)
+            if belongs is None:
+                belongs = seen[key] = normalize_address(row.dest_email) == mailbox
+                if belongs:
+                    fresh.append(stored_message_from_pb(row))
+            if belongs:
+                mine.append(key)
+        return fresh, mine
+
 
 def fetched_page(response: pb.FetchResponse) -> FetchedPage:
     """The page a Fetch returned."""
@@ -127,3 +156,84 @@ def fetched_page(response: pb.FetchResponse) -> FetchedPage:
 def acked_count(response: pb.AckResponse) -> int:
     """How many of the acked keys the replica deleted (keys it did not hold count 0)."""
     return response.deleted
+
+
+SendBatchResponse = pb.SendBatchResponse
+
+
+def batch_payload(messages: Sequence[Message]) -> bytes:
+    """A serialized SendBatch request: built once per batch, the same bytes sent to every replica."""
+    return pb.SendBatchRequest(messages=[message_to_pb(m) for m in messages]).SerializeToString()
+
+
+def send_outcomes(
+    response: pb.SendBatchResponse,
+    messages: Sequence[Message],
+    *,
+    replica: str,
+    stored: ReplicaOutcome,
+    already: ReplicaOutcome,
+) -> Sequence[ReplicaOutcome]:
+    """One replica's outcome for each message of a batch it answered (`stored`/`already` are shared values)."""
+    results = response.results
+    if len(results) != len(messages):
+        failure = Failure(Status.INTERNAL, "replica answered a different count")
+        return (ReplicaOutcome(replica, ReplicaState.FAILED, failure),)
+    # the common answer, checked with two list comprehensions and C-level compares
+    if [r.outcome for r in results].count(pb.SEND_OUTCOME_STORED) == len(results):
+        keys = [r.key for r in results]
+        if keys == [m.key for m in messages] or not any(keys):
+            return (stored,) if len(results) > 1 else [stored]
+    return [_send_outcome(r, m.key, replica, stored, already) for r, m in zip(results, messages, strict=True)]
+
+
+def _send_outcome(
+    result: pb.SendResult, key: str, replica: str, stored: ReplicaOutcome, already: ReplicaOutcome
+) -> ReplicaOutcome:
+    if result.key and result.key != key:
+        return ReplicaOutcome(
+            replica, ReplicaState.FAILED, Failure(Status.INTERNAL, "replica answered for another key")
+        )
+    value = result.outcome
+    if value == pb.SEND_OUTCOME_STORED:
+        return stored
+    if value == pb.SEND_OUTCOME_ALREADY_STORED:
+        return already
+    if value == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
+        # the mailbox is full for now: retryable, unlike a rejection
+        return ReplicaOutcome(replica, ReplicaState.FAILED, Failure(Status.RESOURCE_EXHAUSTED, result.error))
+    if value == pb.SEND_OUTCOME_CONFLICT:
+        failure = Failure(Status.ALREADY_EXISTS, f"key {key} holds other content")
+        return ReplicaOutcome(replica, ReplicaState.CONFLICT, failure)
+    failure = Failure(Status.INVALID_ARGUMENT, result.error or "unknown outcome")
+    return ReplicaOutcome(replica, ReplicaState.REJECTED, failure)
+
+
+def redelivery_failure(response: pb.SendBatchResponse, count: int) -> Failure | None:
+    """Why a re-sent batch is still owed (a full mailbox, a garbled answer), or None when it is delivered.
+
+    Stored, already stored, conflict and rejected all end the delivery: nothing more to send there.
+    """
+    if len(response.results) != count:
+        return Failure(Status.INTERNAL, "replica answered a different count")
+    for result in response.results:
+        if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
+            return Failure(Status.RESOURCE_EXHAUSTED, result.error)
+    return None
+
+
+def replica_status(info: pb.InfoResponse, *, address: str, serving: bool, latency_ms: float) -> ReplicaStatus:
+    """What an Info answer says about a reachable replica."""
+    return ReplicaStatus(
+        address=address,
+        reachable=True,
+        serving=serving,
+        replica_id=info.replica_id,
+        version=info.version,
+        store=info.store,
+        messages=info.messages,
+        mailboxes=info.mailboxes,
+        tombstones=info.tombstones,
+        state_digest=info.state_digest,
+        latency_ms=latency_ms,
+    )

@@ -137,6 +137,7 @@ class Repairer:
             self._metrics.repair.labels("pulled").inc(stats.pulled)
             self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
             self._metrics.repair.labels("rejected").inc(stats.rejected)
+            self._metrics.observe_repair_round(peer, ok=result == "ok", mailboxes_differing=stats.differing)
         if stats.pulled or stats.tombstoned or stats.rejected:
             log.info(
                 "event=repair.repaired peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",

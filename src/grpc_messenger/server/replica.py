@@ -122,6 +122,8 @@ class Replica:
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self.metrics = ReplicaMetrics()
+        if isinstance(self.store, SqliteStore):
+            self.store.commit_observer = self.metrics.observe_commit
         self.metrics_address: str | None = None
         self._server = grpc.aio.server(
             # metrics outermost: refused calls are counted with their status code
@@ -153,7 +155,7 @@ class Replica:
                 config.peers,
                 interval_s=config.repair_interval_s,
                 rate_per_s=config.repair_rate_per_s,
-                timeout_s=10.0,
+                timeout_s=config.repair_timeout_s,
                 max_body_bytes=config.max_body_bytes,
                 tombstone_grace_s=config.tombstone_grace_s,
                 channel_factory=_peer_channels(config),

@@ -200,6 +200,8 @@ class SqliteStore:
         self._closed = False
         # set by a commit that found no space, cleared by the next one that wrote something
         self.disk_full = False
+        # called on the writer thread after each commit with (operations, seconds): metrics
+        self.commit_observer: Callable[[int, float], None] | None = None
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
@@ -270,7 +272,11 @@ class SqliteStore:
                     stopping = True
                     break
                 ops.append(nxt)
-            for op, (ok, value) in zip(ops, self._commit(ops), strict=True):
+            started = time.perf_counter()
+            results = self._commit(ops)
+            if self.commit_observer is not None:
+                self.commit_observer(len(ops), time.perf_counter() - started)
+            for op, (ok, value) in zip(ops, results, strict=True):
                 op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
 
     def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
