@@ -127,3 +127,11 @@ def test_sigterm_under_load_keeps_every_ack_and_clients_fail_over(
     assert acked_by_victim <= on_victim, f"{len(acked_by_victim - on_victim)} acknowledged messages lost"
     # the outbox delivered the rest: the victim holds every message sent
     assert on_victim == {r.key for r in reports}
+
+
+def test_sigterm_right_after_ready_still_drains_and_exits_0(replica_factory: ReplicaFactory) -> None:
+    # the signal handlers are in place before the ready record is written
+    for _ in range(3):
+        replica = replica_factory.replica()
+        assert replica.terminate() == 0
+        assert "event=replica.stopped" in replica.log_path.read_text()

@@ -294,11 +294,13 @@ async def run_replica(config: ServerConfig) -> None:
     if warning is not None:
         log.warning("event=replica.insecure %s", warning)
     replica = Replica(config)
-    await replica.start()
+    # Handlers first: start() writes the ready record, and a SIGTERM that follows it at
+    # once must drain like any other, not kill the process with the default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await replica.start()
     waiter = asyncio.create_task(replica.wait())
     stopper = asyncio.create_task(stop.wait())
     try:
