@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from grpc_messenger.errors import MessengerError, PermissionDenied, Unauthenticated
+from grpc_messenger.model import normalize_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.security.tokens import Identity, Role, TokenVerifier, bearer_token
 from grpc_messenger.server.limits import RateLimiter
@@ -95,8 +96,9 @@ def check_access(rule: Rule | None, identity: Identity, request: Any) -> None:
         return
     if request is None:
         raise PermissionDenied("this method's access rule needs a request")
+    subject = normalize_address(identity.subject)
     for address in rule.owned(request):
-        if address != identity.subject:
+        if normalize_address(address) != subject:  # one mailbox however capitalised
             raise PermissionDenied(f"token for {identity.subject} cannot act for {address!r}")
 
 
