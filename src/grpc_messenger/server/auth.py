@@ -137,20 +137,27 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, *, verifier: TokenVerifier | None, limiter: RateLimiter | None) -> None:
         self._verifier = verifier
         self._limiter = limiter
+        # method -> guarded handler, built once: the checks run per call inside it. Only
+        # methods the server has are kept, so the map is bounded by the services.
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         rule = RULES.get(method)
         wrapped: grpc.RpcMethodHandler[Any, Any] = _wrap(
             handler, lambda request, context: self._admit(method, rule, request, context)
         )
+        self._guarded[method] = wrapped
         return wrapped
 
     async def _admit(

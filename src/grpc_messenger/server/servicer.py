@@ -123,6 +123,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
 
     @guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
+        request.DiscardUnknownFields()
         row, _ = wire.row_from_pb(
             request, max_body_bytes=self._config.max_body_bytes, now_ms=self._now_ms(), addresses=self._addresses
         )
@@ -142,6 +143,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     @guarded
     async def SendBatch(self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         items = request.messages
+        request.DiscardUnknownFields()  # stored bytes hold the known fields only: quotas count what is kept
         if len(items) > self._config.batch_messages_max:
             raise InvalidInput(f"batch has {len(items)} messages; the limit is {self._config.batch_messages_max}")
         max_body_bytes = self._config.max_body_bytes

@@ -109,13 +109,14 @@ class _Txn:
         return box
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the write still happened
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the caller was cancelled; the write still happened
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -243,8 +244,15 @@ class SqliteStore:
                     stopping = True
                     break
                 ops.append(nxt)
+            # one wake-up per event loop per commit, not one per operation
+            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             for op, (ok, value) in zip(ops, self._commit(ops), strict=True):
-                op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
+                settled.setdefault(op.loop, []).append((op.future, ok, value))
+            for loop, outcomes in settled.items():
+                try:
+                    loop.call_soon_threadsafe(_settle_all, outcomes)
+                except RuntimeError:  # that loop is closed: nobody waits for these any more
+                    log.warning("event=store.settle_skipped reason=loop_closed ops=%d", len(outcomes))
 
     def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
