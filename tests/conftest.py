@@ -1,30 +1,27 @@
 """Real replicas as real processes on loopback, always torn down.
 
-`replica_factory` starts `python -m grpc_messenger serve` on 127.0.0.1 port 0,
-waits for its ready file, and on teardown kills whatever is still running,
+`replica_factory` starts `python -m grpc_messenger serve` on 127.0.0.1 port 0
+through grpc_messenger.launch, waits for its ready record, and on teardown kills whatever is still running,
 also when the test failed. Killing (SIGKILL) and restarting on the same port
 and data directory is what the fault tests use.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.client.pages import PAGE_SIZE_MAX, fetch_pages_sync
+from grpc_messenger.launch import ServeProcess
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-
-READY_TIMEOUT_S = 30.0
+from grpc_messenger.ready import ReadyRecord
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.1) -> None:
@@ -41,83 +38,76 @@ def queued_keys(address: str, mailbox: str) -> set[str]:
     keys: set[str] = set()
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.MessengerServiceStub(channel)
-        after = 0
-        for _ in range(1000):
-            page = stub.Fetch(pb.FetchRequest(self_email=mailbox, after_seq=after, limit=1000), timeout=10)
-            keys.update(m.key for m in page.messages)
-            after = page.next_after_seq
-            if not page.more:
-                return keys
-    raise AssertionError("mailbox too large for a test")
+        more = True
+        for page in fetch_pages_sync(stub, mailbox, page_size=PAGE_SIZE_MAX, timeout_s=10):
+            keys.update(page.keys)
+            more = page.more
+    assert not more, "mailbox too large for a test"
+    return keys
 
 
-@dataclass
 class ReplicaProcess:
-    """One replica process we started; restartable on the same port and data directory."""
+    """One replica process we started; restartable on the same port and data directory.
 
-    data_dir: Path
-    store: str = "sqlite"
-    port: int = 0
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
+    A thin test-facing shape over grpc_messenger.launch.ServeProcess (the one launcher).
+    """
 
-    def __post_init__(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.data_dir / "replica.log"
+    def __init__(self, data_dir: Path, *, store: str = "sqlite", extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.extra_args = extra_args
+        self.log_path = data_dir / "replica.log"
+        self.launcher = ServeProcess(data_dir=data_dir, name=data_dir.name, log_path=self.log_path)
 
     @property
     def address(self) -> str:
-        assert self.port, "replica not started"
-        return f"127.0.0.1:{self.port}"
+        """Where it listens (127.0.0.1:port)."""
+        return self.launcher.address
+
+    @property
+    def port(self) -> int:
+        """Its port (the same across restarts)."""
+        return self.launcher.port
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        """The PID of the current (or last) process."""
+        return self.launcher.pid
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The current (or last) process."""
+        return self.launcher.process
+
+    @property
+    def ready(self) -> ReadyRecord:
+        """What the replica reported when it became ready."""
+        assert self.launcher.ready is not None, "replica not started"
+        return self.launcher.ready
 
     def start(self) -> ReplicaProcess:
-        ready = self.data_dir / "ready.json"
-        ready.unlink(missing_ok=True)
-        args = [
-            sys.executable, "-m", "grpc_messenger", "--log-level", "info", "serve",
-            "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-            "--store", self.store, "--ready-file", str(ready), "--grace", "5", *self.extra_args,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"replica exited at start:\n{self.log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"replica not ready in {READY_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.02)
-        address = json.loads(ready.read_text())["addresses"][0]
-        self.port = int(address.rpartition(":")[2])
+        """Start (on the port of the last start, if any) and wait until ready."""
+        self.launcher.args = ("--store", self.store, "--grace", "5", *self.extra_args)
+        self.launcher.start()
         return self
 
     def kill(self) -> None:
         """SIGKILL: no drain, no clean close; what was acknowledged must survive."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+        self.launcher.kill()
 
     def terminate(self, timeout_s: float = 15.0) -> int:
         """SIGTERM: the replica drains and closes its store."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        return self.launcher.terminate(timeout_s=timeout_s)
 
     def restart(self) -> ReplicaProcess:
+        """Kill and start again on the same port and data directory."""
         self.kill()
         return self.start()
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """True while the process runs."""
+        return self.launcher.alive
 
 
 @dataclass
@@ -140,7 +130,7 @@ class ReplicaFactory:
 
     def replica(self, *, store: str = "sqlite", extra_args: tuple[str, ...] = ()) -> ReplicaProcess:
         data_dir = self.root / f"replica-{len(self.started) + 1}"
-        replica = ReplicaProcess(data_dir=data_dir, store=store, extra_args=extra_args)
+        replica = ReplicaProcess(data_dir, store=store, extra_args=extra_args)
         self.started.append(replica)
         return replica.start()
 

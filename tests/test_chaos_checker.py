@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger.chaos import SCENARIOS, ChaosConfig, FaultKind, SchedulePlan, check, plan_schedule, schedule_for
-from grpc_messenger.chaos.faults import MANDATORY
+from grpc_messenger.chaos.faults import MANDATORY, NEEDS_SENDER_PROCESSES
 
 
 def sent(key: str, *, outcome: str = "ok", mailbox: str = "mb@x.org", body: str | None = None) -> list[dict[str, Any]]:
@@ -91,9 +91,13 @@ def test_run_figures_come_from_the_history() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(seed=st.integers(0, 2**32), scenario=st.sampled_from(sorted(SCENARIOS)))
-def test_schedule_is_a_function_of_the_seed_and_keeps_data_loss_apart(seed: int, scenario: str) -> None:
-    plan = SchedulePlan(duration_s=60.0, scenario=scenario, data_loss_gap_s=10.0)
+@given(seed=st.integers(0, 2**32), scenario=st.sampled_from(sorted(SCENARIOS)), sender_processes=st.integers(0, 4))
+def test_schedule_is_a_function_of_the_seed_and_keeps_data_loss_apart(
+    seed: int, scenario: str, sender_processes: int
+) -> None:
+    if scenario in NEEDS_SENDER_PROCESSES:
+        sender_processes = max(1, sender_processes)
+    plan = SchedulePlan(duration_s=60.0, scenario=scenario, data_loss_gap_s=10.0, sender_processes=sender_processes)
     first = plan_schedule(random.Random(seed), plan)
     assert first == plan_schedule(random.Random(seed), plan)
     times = [f.at_s for f in first]
@@ -102,6 +106,9 @@ def test_schedule_is_a_function_of_the_seed_and_keeps_data_loss_apart(seed: int,
     losses = [f.at_s for f in first if f.kind.loses_data]
     assert all(b - a >= plan.data_loss_gap_s for a, b in itertools.pairwise(losses))
     for f in first:
+        if f.kind is FaultKind.KILL_SENDER:
+            assert 0 <= f.target < sender_processes
+            continue
         assert f.kind in SCENARIOS[scenario]
         assert 0 <= f.target < plan.n
         assert (f.other >= 0) == (f.kind in (FaultKind.CUT_PEER, FaultKind.LOSE_PEER))

@@ -12,27 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from grpc_messenger.ready import ReadyRecord
+from tests.cli_support import messenger
 from tests.conftest import Cluster, ReplicaFactory, wait_until
-
-
-def messenger(
-    *args: str, servers: tuple[str, ...] | None = None, home: Path | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
-    env["MESSENGER_CONFIG"] = "/nonexistent/grpc-messenger-test-config.toml"
-    if servers is not None:
-        env["MESSENGER_SERVERS"] = ",".join(servers)
-    if home is not None:
-        env["MESSENGER_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "grpc_messenger", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_send_then_inbox_shows_each_message_once(shared_cluster: Cluster, client_home: Path, mailbox: str) -> None:
@@ -104,9 +86,10 @@ def test_unreachable_cluster_is_a_clear_error(client_home: Path) -> None:
         inbox = messenger("--timeout", "2", "inbox", "b@example.org", servers=servers, home=client_home)
         status = messenger("--timeout", "2", "status", servers=servers, home=client_home)
     for done in (send, inbox):
-        assert done.returncode == 1
         assert "error:" in done.stderr
         assert "Traceback" not in done.stderr
+    assert inbox.returncode == 1
+    assert send.returncode == 3  # queued in the outbox, delivered once the replica answers
     assert "stored on 0 of 1 replicas" in send.stderr
     assert status.returncode == 1
 
@@ -161,17 +144,26 @@ def test_cluster_starts_three_replicas_and_ctrl_c_stops_them_all(tmp_path: Path)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: all((tmp_path / f"replica-{i}" / "ready.json").exists() for i in (1, 2, 3)), timeout_s=40)
-        ready = [json.loads((tmp_path / f"replica-{i}" / "ready.json").read_text()) for i in (1, 2, 3)]
-        pids = [r["pid"] for r in ready]
-        servers = tuple(r["addresses"][0] for r in ready)
+        # with port 0 the replicas start twice (the second time knowing their peers):
+        # the cluster is up when it says so, and then its ready records are final
+        head = _read_until(process, "Ctrl-C stops every replica.", lines_max=40)
+        assert "local cluster of 3 replicas is up" in head
+        ready = [ReadyRecord.read(tmp_path / f"replica-{i}" / "ready.json") for i in (1, 2, 3)]
+        pids = [r.pid for r in ready]
+        servers = tuple(r.address for r in ready)
         status = messenger("status", "--json", servers=servers)
         assert all(r["serving"] for r in json.loads(status.stdout))
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=30)
+        out, logs = process.communicate(timeout=30)
         assert process.returncode == 0
-        assert "local cluster of 3 replicas is up" in out
-        assert f"MESSENGER_SERVERS={','.join(servers)}" in out
+        # each runs with the other two as repair peers
+        for record in ready:
+            others = [r.address for r in ready if r is not record]
+            started = [
+                line for line in logs.splitlines() if f"event=replica.started replica={record.replica_id}" in line
+            ]
+            assert any(f"peers={','.join(others)}" in line for line in started), started
+        assert f"MESSENGER_SERVERS={','.join(servers)}" in head
         assert "stopped: replica-1 (code 0), replica-2 (code 0), replica-3 (code 0)" in out
         for pid in pids:
             assert not _alive(pid)
@@ -179,6 +171,20 @@ def test_cluster_starts_three_replicas_and_ctrl_c_stops_them_all(tmp_path: Path)
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, *, lines_max: int) -> str:
+    """Lines of the process's stdout up to the one holding `marker` (bounded: fails at EOF or after lines_max)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    for _ in range(lines_max):
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    raise AssertionError(f"no {marker!r} in the output: {''.join(lines)}")
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import urllib.request
 
 import grpc
@@ -27,7 +26,8 @@ def scrape(address: str) -> dict[str, float]:
 
 def test_metrics_count_rpcs_outcomes_and_store_sizes(replica_factory: ReplicaFactory) -> None:
     replica = replica_factory.replica(extra_args=("--metrics-listen", "127.0.0.1:0"))
-    metrics = json.loads((replica.data_dir / "ready.json").read_text())["metrics"]
+    metrics = replica.ready.metrics_address
+    assert metrics is not None
     assert metrics.startswith("127.0.0.1:")
     with grpc.insecure_channel(replica.address) as channel:
         stub = pb_grpc.MessengerServiceStub(channel)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
 from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
+from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
+from tests.cli_support import messenger
 from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_until
-from tests.test_cli import messenger
 
 BOB = "bob@example.org"
+DOWN = Failure(Status.UNAVAILABLE, "connection refused")
 
 
 def message(body: str = "hi") -> Message:
@@ -38,13 +40,13 @@ def test_outbox_records_retries_with_backoff_and_forgets_when_paid(tmp_path: Pat
     outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
     try:
         a, b = message("a"), message("b")
-        outbox.owe([(a, "r1", "UNAVAILABLE"), (a, "r2", "UNAVAILABLE"), (b, "r1", "UNAVAILABLE")])
-        outbox.owe([(a, "r1", "UNAVAILABLE again")])  # owing twice is owing once
+        outbox.owe([(a, "r1", DOWN), (a, "r2", DOWN), (b, "r1", DOWN)])
+        outbox.owe([(a, "r1", Failure(Status.UNAVAILABLE, "again"))])  # owing twice is owing once
         assert outbox.counts() == (3, 0)
         due = outbox.due(limit=10)
         assert {(d.message.key, d.replica) for d in due} == {(a.key, "r1"), (a.key, "r2"), (b.key, "r1")}
         assert next(d for d in due if d.message.key == b.key).message == b
-        outbox.retry_later([d for d in due if d.replica == "r1"], error="DEADLINE_EXCEEDED")
+        outbox.retry_later([d for d in due if d.replica == "r1"], failure=Failure(Status.DEADLINE_EXCEEDED))
         assert [d.replica for d in outbox.due(limit=10)] == ["r2"]  # r1 backs off
         assert len(outbox.due(limit=10, all_pending=True)) == 3
         clock.now_ms += int(BACKOFF_CAP_S * 1000)
@@ -61,7 +63,7 @@ def test_outbox_expiry_reports_instead_of_dropping(tmp_path: Path) -> None:
     clock = FakeClock()
     outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
     try:
-        outbox.owe([(message(), "r1", "UNAVAILABLE")])
+        outbox.owe([(message(), "r1", DOWN)])
         assert outbox.expire(expiry_s=60) == 0
         clock.now_ms += 61_000
         assert outbox.expire(expiry_s=60) == 1

@@ -11,12 +11,13 @@ from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig, ServerConfig
 from grpc_messenger.errors import (
     DeadlineExceeded,
+    Failure,
     InvalidInput,
     KeyConflict,
     MessengerError,
     PermissionDenied,
-    QuorumNotReached,
     ResourceExhausted,
+    Status,
     StoreError,
     Unauthenticated,
     Unavailable,
@@ -24,6 +25,7 @@ from grpc_messenger.errors import (
 from grpc_messenger.model import (
     Draft,
     Message,
+    QuorumNotReached,
     ReadReport,
     ReplicaOutcome,
     ReplicaState,
@@ -36,6 +38,7 @@ __all__ = [
     "ClientConfig",
     "DeadlineExceeded",
     "Draft",
+    "Failure",
     "InvalidInput",
     "KeyConflict",
     "LocalInbox",
@@ -51,6 +54,7 @@ __all__ = [
     "ResourceExhausted",
     "SendReport",
     "ServerConfig",
+    "Status",
     "StoreError",
     "Unauthenticated",
     "Unavailable",

@@ -49,6 +49,9 @@ class ServerConfig:
     # longer than any retry window (the client outbox expires after 7 days), so a
     # replica that was away cannot bring deleted mail back
     tombstone_grace_s: float = 30 * 24 * 3600.0
+    # every stored row checked against its checksum: a pass at start, then one per interval
+    scrub_rows_per_s: float = 5000.0
+    scrub_interval_s: float = 3600.0
     metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +65,8 @@ class ServerConfig:
             raise InvalidInput("repair interval must be between 0.05 and 3600 seconds")
         if self.repair_rate_per_s <= 0:
             raise InvalidInput("repair rate must be positive")
+        if self.scrub_rows_per_s <= 0 or self.scrub_interval_s <= 0:
+            raise InvalidInput("scrub rate and interval must be positive")
         if self.tombstone_grace_s < 1:
             raise InvalidInput("tombstone grace period must be at least 1 second")
         if self.store not in ("sqlite", "memory"):

@@ -1,83 +1,98 @@
-"""The MessengerError tree and its mapping to and from gRPC status codes.
+"""The MessengerError tree, status codes and failures as values.
 
-Grouped by what a caller can do about it: fix the input, authenticate, back
-off, or try again later. Each class carries its status code (`.code`, what a
-handler answers with); `from_status` is the way back, for statuses a replica sent.
+Errors are grouped by what a caller can do about them: fix the input,
+authenticate, back off, or try again later. Each class carries its `Status`
+(`.code`, what a handler answers with); `from_status` is the way back, for a
+status a replica sent. A `Failure` is the same information as a value, for
+outcomes that are reported rather than raised (one replica of three failed).
+
+Nothing here imports grpc: the mapping to and from `grpc.StatusCode` lives in
+grpc_errors.py, so the model, config and store never load grpc.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from dataclasses import dataclass
 
-import grpc
 
-if TYPE_CHECKING:
-    from grpc_messenger.model import SendReport
+class Status(enum.IntEnum):
+    """A call's status: gRPC's codes, by the same names and numbers."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class MessengerError(Exception):
     """Root of every error this package raises on purpose."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    code: Status = Status.UNKNOWN
 
 
 class InvalidInput(MessengerError, ValueError):
     """The request is malformed; retrying it unchanged will fail again."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Status.INVALID_ARGUMENT
 
 
 class KeyConflict(MessengerError):
     """A message key is already stored with different content (a client bug)."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Status.ALREADY_EXISTS
 
 
 class Unauthenticated(MessengerError):
     """No credential, or one that is expired, malformed or wrongly signed."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Status.UNAUTHENTICATED
 
 
 class PermissionDenied(MessengerError):
     """The credential is valid but does not allow this mailbox or sender."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Status.PERMISSION_DENIED
 
 
 class ResourceExhausted(MessengerError):
     """A limit (quota, rate, size) was hit; back off and retry later."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
 
 
 class Unavailable(MessengerError):
     """Not enough replicas could be reached; retrying later may succeed."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class QuorumNotReached(Unavailable):
-    """Fewer than W replicas acknowledged a send; `report` says which did what."""
-
-    def __init__(self, message: str, report: SendReport) -> None:
-        super().__init__(message)
-        self.report = report
+    code = Status.UNAVAILABLE
 
 
 class DeadlineExceeded(MessengerError, TimeoutError):
     """A call ran out of time; its effect on the replica is unknown."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Status.DEADLINE_EXCEEDED
 
 
 class StoreError(MessengerError):
     """The replica's store failed or found damage; the replica is not serving it."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Status.UNAVAILABLE
 
 
-_BY_CODE: dict[grpc.StatusCode, type[MessengerError]] = {
+_BY_CODE: dict[Status, type[MessengerError]] = {
     cls.code: cls
     for cls in (
         InvalidInput,
@@ -89,9 +104,11 @@ _BY_CODE: dict[grpc.StatusCode, type[MessengerError]] = {
         DeadlineExceeded,
     )
 }
+# A refusal that every retry of the same call meets again (fix the input or the credential).
+FINAL_REFUSALS = frozenset({Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.INVALID_ARGUMENT})
 
 
-def from_status(code: grpc.StatusCode, details: str) -> MessengerError:
+def from_status(code: Status, details: str) -> MessengerError:
     """The most specific MessengerError for a status received from a replica."""
     cls = _BY_CODE.get(code, MessengerError)
     error = cls(details or code.name)
@@ -100,8 +117,31 @@ def from_status(code: grpc.StatusCode, details: str) -> MessengerError:
     return error
 
 
-def from_rpc_error(error: grpc.RpcError) -> MessengerError:
-    """Translate a grpc.RpcError (sync or aio) into a MessengerError."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    return from_status(code, details or "")
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a replica did not do its part: a status code and its detail, as values."""
+
+    code: Status
+    detail: str = ""
+
+    @classmethod
+    def of(cls, error: MessengerError) -> Failure:
+        """The failure a raised error describes."""
+        return cls(error.code, str(error))
+
+    @property
+    def final(self) -> bool:
+        """True when retrying the same call cannot help (bad input or credential)."""
+        return self.code in FINAL_REFUSALS
+
+    @property
+    def denied(self) -> bool:
+        """True for a refused credential: later delivery under another token must not happen."""
+        return self.code in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED)
+
+    def to_error(self) -> MessengerError:
+        """The error to raise for this failure."""
+        return from_status(self.code, self.detail)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.detail}" if self.detail else self.code.name

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from grpc_messenger.errors import InvalidInput
+from grpc_messenger.errors import Failure, InvalidInput, Unavailable
 
 MAX_BODY_BYTES_DEFAULT = 64 * 1024
 MAX_ADDRESS_CHARS = 254
@@ -193,11 +193,16 @@ class ReplicaState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaOutcome:
-    """One replica's part in a send: its state and, if it failed, why."""
+    """One replica's part in a send: its state and, if it did not store the message, why."""
 
     replica: str
     state: ReplicaState
-    error: str = ""
+    failure: Failure | None = None
+
+    @property
+    def error(self) -> str:
+        """Why, as text for people ("UNAVAILABLE: ..."); empty when the replica stored it."""
+        return "" if self.failure is None else str(self.failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,27 +224,41 @@ class SendReport:
         return self.acknowledged >= self.write_quorum
 
 
+class QuorumNotReached(Unavailable):
+    """Fewer than W replicas acknowledged a send; `report` says which did what."""
+
+    def __init__(self, message: str, report: SendReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass(frozen=True, slots=True)
 class ReadReport:
     """The result of one read: new messages (in display order) and replica health."""
 
     messages: tuple[Message, ...]
     replicas_answered: tuple[str, ...]
-    replicas_failed: tuple[tuple[str, str], ...] = field(default=())
+    failures: tuple[tuple[str, Failure], ...] = field(default=())
 
     @property
     def complete(self) -> bool:
         """True when every replica answered."""
-        return not self.replicas_failed
+        return not self.failures
+
+    @property
+    def replicas_failed(self) -> tuple[tuple[str, str], ...]:
+        """(replica, why as text) for each replica that did not answer, for display."""
+        return tuple((replica, str(failure)) for replica, failure in self.failures)
 
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message to send: the library adds its key and creation time."""
+    """A message to send: the library adds its creation time, and its key unless given (to resend safely)."""
 
     sender: str
     recipient: str
     body: str
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,4 +276,9 @@ class ReplicaStatus:
     tombstones: int = 0
     state_digest: int = 0
     latency_ms: float = 0.0
-    error: str = ""
+    failure: Failure | None = None
+
+    @property
+    def error(self) -> str:
+        """Why the replica is unreachable, as text for people; empty when it answered."""
+        return "" if self.failure is None else str(self.failure)

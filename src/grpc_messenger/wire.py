@@ -7,6 +7,7 @@ the wire format and the model can change independently of the layers above.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from grpc_messenger.errors import InvalidInput
@@ -216,6 +217,46 @@ def fetch_response(wires: Iterable[bytes], next_after_seq: int, more: bool) -> b
     return messages_response(wires, pb.FetchResponse(next_after_seq=next_after_seq, more=more).SerializeToString())
 
 
+def send_response(outcome: PutOutcome, key: str) -> pb.SendResponse:
+    """The legacy Send's answer for a message durably held (stored now or before)."""
+    return pb.SendResponse(success=True, debug_message=outcome.value, outcome=outcome_to_pb(outcome), key=key)
+
+
+def ack_response(deleted: int) -> pb.AckResponse:
+    """An Ack's answer: how many of the keys were queued here."""
+    return pb.AckResponse(deleted=deleted)
+
+
+def info_response(
+    *, replica_id: str, version: str, store: str, messages: int, mailboxes: int, tombstones: int, state_digest: int
+) -> pb.InfoResponse:
+    """An Info answer: who the replica is and how full."""
+    return pb.InfoResponse(
+        replica_id=replica_id,
+        version=version,
+        store=store,
+        messages=messages,
+        mailboxes=mailboxes,
+        tombstones=tombstones,
+        state_digest=state_digest,
+    )
+
+
+def digests_response(digests: Iterable[tuple[str, int, int, int]], more: bool) -> pb.DigestsResponse:
+    """A peer's Digests answer from (mailbox, digest, messages, tombstones)."""
+    return pb.DigestsResponse(
+        mailboxes=[pb.MailboxDigest(mailbox=m, digest=d, messages=n, tombstones=t) for m, d, n, t in digests],
+        more=more,
+    )
+
+
+def keys_response(states: Iterable[tuple[str, bool, int]], more: bool) -> pb.MailboxKeysResponse:
+    """A peer's MailboxKeys answer from (key, tombstone, deleted_unix_ms)."""
+    return pb.MailboxKeysResponse(
+        keys=[pb.KeyState(key=k, tombstone=t, deleted_unix_ms=ms) for k, t, ms in states], more=more
+    )
+
+
 def serialize_reply(reply: Any) -> bytes:
     """Response serializer for handlers that answer either a pb message or bytes already serialized."""
     if isinstance(reply, bytes):
@@ -241,3 +282,54 @@ def _varint(value: int) -> bytes:
 
 
 _BYTES = [bytes([i]) for i in range(0x80)]
+
+
+# --- client side: the requests a client sends and the replies it reads ----------------
+
+
+def fetch_request(mailbox: str, *, after_seq: int, limit: int) -> pb.FetchRequest:
+    """A Fetch of up to `limit` messages of `mailbox` queued after `after_seq`."""
+    return pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=limit)
+
+
+def ack_request(mailbox: str, keys: Sequence[str]) -> pb.AckRequest:
+    """An Ack deleting `keys` from `mailbox`."""
+    return pb.AckRequest(self_email=mailbox, keys=list(keys))
+
+
+def info_request() -> pb.InfoRequest:
+    """An Info request (counts, version, digest of a replica)."""
+    return pb.InfoRequest()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """One page of a replica's queue as received.
+
+    Keys are cheap to read; bodies are decoded into `Message` values only on
+    demand, so a reader can drop the copies other replicas already returned
+    before paying for them.
+    """
+
+    rows: Sequence[pb.SendRequest]
+    next_after_seq: int
+    more: bool
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys on this page, in queue order."""
+        return [row.key for row in self.rows]
+
+    def messages(self) -> list[Message]:
+        """Every message on this page."""
+        return [stored_message_from_pb(row) for row in self.rows]
+
+
+def fetched_page(response: pb.FetchResponse) -> FetchedPage:
+    """The page a Fetch returned."""
+    return FetchedPage(rows=response.messages, next_after_seq=response.next_after_seq, more=response.more)
+
+
+def acked_count(response: pb.AckResponse) -> int:
+    """How many of the acked keys the replica deleted (keys it did not hold count 0)."""
+    return response.deleted

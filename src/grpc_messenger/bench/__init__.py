@@ -1,4 +1,4 @@
-"""`messenger bench`: every configuration of issue 4 measured side by side in one run.
+"""`messenger bench`: every configuration measured side by side in one run.
 
 The suite starts what it needs on loopback (replica processes, bare gRPC
 servers, the legacy design, a NATS JetStream cluster), runs a bounded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 @click.option("--quick", is_flag=True, help="Fewer messages, no scale rows: under 90 s (what CI runs).")
 @click.option("--scale/--no-scale", default=None, help="Scale rows (replicas, mailbox size, mailbox count) [full: on].")
 @click.option("--huge", is_flag=True, help="Add the 1,000,000-message mailbox to the scale rows (~6 more minutes).")
-@click.option("--messages", type=click.IntRange(100, 1_000_000), help="Messages per row [10,000; quick 3,000].")
+@click.option("--messages", type=click.IntRange(100, 1_000_000), help="Messages per row [10,000; quick 4,000].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
 @click.option(
     "--plot",
@@ -40,10 +41,13 @@ def bench(
     no_plot: bool,
     markdown_path: Path | None,
 ) -> None:
-    """Measure every configuration of issue 4 side by side and print ratios (starts its own servers)."""
+    """Measure every configuration side by side and print ratios (starts its own servers)."""
     from dataclasses import replace
 
     from grpc_messenger.bench import report, suite
+
+    # SIGTERM unwinds like Ctrl-C, so the suite still stops every process it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, highlight=False)

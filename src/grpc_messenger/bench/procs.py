@@ -7,7 +7,6 @@ when the run fails. Peak RSS is read from /proc and reset between rows.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-READY_TIMEOUT_S = 30.0
+from grpc_messenger.launch import LaunchError, ServeProcess, wait_ready
+
 STOP_TIMEOUT_S = 10.0
 
 
@@ -62,6 +62,12 @@ class Processes:
         self.children.append(child)
         return child
 
+    def adopt(self, name: str, process: subprocess.Popen[bytes], log_path: Path) -> Child:
+        """Own a process started elsewhere (by the replica launcher): `close` stops it too."""
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
     def stop(self, children: list[Child]) -> None:
         """SIGTERM these children, wait (bounded), SIGKILL what is left."""
         for child in children:
@@ -84,45 +90,40 @@ class Processes:
         self.stop(list(self.children))
 
 
-def wait_ready_file(child: Child, ready: Path, *, timeout_s: float = READY_TIMEOUT_S) -> dict[str, object]:
-    """Wait until `child` wrote its JSON ready file; fail fast if it died."""
-    deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        if child.process.poll() is not None:
-            raise BenchError(f"{child.name} exited at start (code {child.process.returncode}):\n{child.log_tail()}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{child.name} not ready within {timeout_s:.0f} s:\n{child.log_tail()}")
-        time.sleep(0.02)
-    data = json.loads(ready.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
 def start_python_server(procs: Processes, name: str, module_args: list[str]) -> tuple[Child, str]:
     """Start `python -m <module_args> --ready-file F`; return the child and its address."""
     ready = procs.root / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     child = procs.spawn(name, [sys.executable, "-m", *module_args, "--ready-file", str(ready)])
-    info = wait_ready_file(child, ready)
-    addresses = info["addresses"]
-    assert isinstance(addresses, list)
-    assert addresses
-    return child, str(addresses[0])
+    try:
+        record = wait_ready(child.process, ready, name=name, log_path=child.log_path)
+    except LaunchError as exc:
+        raise BenchError(str(exc)) from exc
+    return child, record.address
 
 
 def start_replicas(procs: Processes, *, n: int, tag: str) -> tuple[list[Child], tuple[str, ...]]:
-    """Start n `messenger serve` replicas (SQLite default) on 127.0.0.1 port 0."""
+    """Start n `messenger serve` replicas (SQLite default) on 127.0.0.1 port 0, through the shared launcher."""
     children: list[Child] = []
     addresses: list[str] = []
     for i in range(n):
         name = f"{tag}-replica-{i + 1}"
-        data_dir = procs.root / name
-        data_dir.mkdir(parents=True, exist_ok=True)
-        args = ["grpc_messenger", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0"]
-        args += ["--data-dir", str(data_dir), "--grace", "2"]
-        child, address = start_python_server(procs, name, args)
-        children.append(child)
-        addresses.append(address)
+        replica = ServeProcess(
+            data_dir=procs.root / name,
+            name=name,
+            args=("--grace", "2"),
+            log_path=procs.root / f"{name}.log",
+            ready_path=procs.root / f"{name}.ready.json",
+            log_level="warning",
+        )
+        try:
+            replica.start()
+        except LaunchError as exc:
+            raise BenchError(str(exc)) from exc
+        finally:
+            if replica.process is not None:  # owned by the group from the start, so it is always stopped
+                children.append(procs.adopt(name, replica.process, replica.log_path or procs.root))
+        addresses.append(replica.address)
     return children, tuple(addresses)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from grpc_messenger._version import __version__
 from grpc_messenger.bench import jetstream
+from grpc_messenger.bench.cpu import CLIENT, NO_CPU, CpuMeter, CpuPerMessage, per_message
 from grpc_messenger.bench.procs import (
     Child,
     Processes,
@@ -39,7 +40,8 @@ from grpc_messenger.bench.workload import (
 
 Progress = Callable[[str], None]
 
-QUICK = Workload(messages=3000, warmup_messages=500, legacy_messages=600, row_time_max_s=15.0)
+# quick: one round of fewer messages; enough that CPU per message (10 ms ticks) is within ~3 us
+QUICK = Workload(messages=4000, warmup_messages=500, legacy_messages=600, row_time_max_s=15.0)
 FULL = Workload()
 SCALE_REPLICAS = (1, 3, 5)
 SCALE_MAILBOX_SIZES = (1_000, 100_000)
@@ -65,9 +67,16 @@ class Row:
     server_peak_rss_mib: float
     note: str = ""
     status: str = "ok"  # ok | skipped | failed
+    cpu: CpuPerMessage = NO_CPU
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON form; `peak_rss_mib` is the client's (the servers' is beside it)."""
+        """The JSON form; `peak_rss_mib` is the client's (the servers' is beside it).
+
+        `server_cpu_us_per_msg` is the busiest server process's CPU per message
+        (each replica stores every message: what one replica costs);
+        `server_cpu_us_per_msg_total` adds up every server process of the row;
+        `cpu_us_per_msg_by_process` has each process by name.
+        """
         return {
             "name": self.name,
             "status": self.status,
@@ -78,6 +87,13 @@ class Row:
             "peak_rss_mib": _round(self.client_peak_rss_mib),
             "client_peak_rss_mib": _round(self.client_peak_rss_mib),
             "server_peak_rss_mib": _round(self.server_peak_rss_mib),
+            "client_cpu_us_per_msg": _round(self.cpu.client_us),
+            "server_cpu_us_per_msg": _round(self.cpu.server_max_us),
+            "server_cpu_us_per_msg_total": _round(self.cpu.server_total_us),
+            "cpu_us_per_msg_by_process": {
+                **({CLIENT: _round(self.cpu.client_us)} if self.cpu.client_us is not None else {}),
+                **{name: _round(us) for name, us in self.cpu.servers_us},
+            },
             "messages": self.messages,
             "seconds": _round(self.seconds),
             "note": self.note,
@@ -102,6 +118,15 @@ def skipped(name: str, why: str) -> Row:
     return Row(name, None, None, None, None, 0, 0.0, 0.0, 0.0, note=why, status="skipped")
 
 
+def failed(name: str, why: str, seconds: float = 0.0) -> Row:
+    """A row that was tried and failed (why in its note)."""
+    return Row(name, None, None, None, None, 0, seconds, 0.0, 0.0, note=why[:300], status="failed")
+
+
+# a row's work: given the meter to open around its measured part and a fresh client home
+Work = Callable[[CpuMeter, Path], Timing]
+
+
 @dataclass(slots=True)
 class Run:
     """Options and results of one benchmark run."""
@@ -110,25 +135,27 @@ class Run:
     quick: bool
     scale: bool
     progress: Progress
+    homes: Path
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def measure(
-        self, name: str, servers: Sequence[Child], work: Callable[[], Timing], *, note: str = "", record: bool = True
-    ) -> Row:
-        """Run one row with peak RSS reset on the client and `servers` first; never raises."""
+    def measure(self, name: str, servers: Sequence[Child], work: Work, *, note: str = "", record: bool = True) -> Row:
+        """Run one row with peak RSS reset on the client and `servers` first; never raises.
+
+        The client (this process) and every process in `servers` have their
+        CPU time measured around the row's measured part.
+        """
         self.progress(f"{name} ...")
         pids = [c.pid for c in servers]
         for pid in (self_pid(), *pids):
             reset_peak_rss(pid)
+        meter = CpuMeter({CLIENT: self_pid(), **{c.name: c.pid for c in servers}})
+        home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.homes))
         started = time.perf_counter()
         try:
-            timing = work()
+            timing = work(meter, home)
         except Exception as exc:  # a failed row is reported, the run goes on
-            row = Row(
-                name, None, None, None, None, 0, time.perf_counter() - started, 0.0, 0.0, note=repr(exc)[:300],
-                status="failed",
-            )  # fmt: skip
+            row = failed(name, repr(exc), time.perf_counter() - started)
         else:
             row = Row(
                 name=name,
@@ -141,30 +168,37 @@ class Run:
                 client_peak_rss_mib=peak_rss_mib(self_pid()),
                 server_peak_rss_mib=max((peak_rss_mib(pid) for pid in pids), default=0.0),
                 note=note,
+                cpu=per_message(meter.spent_s, timing.messages),
             )
         if record:
             self.rows.append(row)
-        self.progress(f"{name}: {row.status} {row.msgs_per_s or 0:,.0f} msgs/s")
+        cpu = row.cpu
+        self.progress(
+            f"{name}: {row.status} {row.msgs_per_s or 0:,.0f} msgs/s, CPU us/msg client {cpu.client_us or 0:.0f}"
+            f" server {cpu.server_max_us or 0:.0f}"
+        )
         return row
 
 
 def run_suite(
     *, quick: bool, scale: bool, workload: Workload | None, progress: Progress, huge: bool = False
 ) -> list[Row]:
-    """Every row of issue 4; everything started is stopped at the end, also on failure.
+    """Every row; everything started is stopped at the end, also on failure.
 
     The main rows run in rounds (full mode: 3), interleaved so that each row
     and its baseline run seconds apart: on a shared machine the load moves
     within a run, and neighbours see the same load. Each row reports its
-    median round.
+    median round. Servers, stores and client homes live in one temporary
+    directory, removed at the end.
     """
     w = workload or (QUICK if quick else FULL)
-    run = Run(workload=w, quick=quick, scale=scale, progress=progress)
     root = Path(tempfile.mkdtemp(prefix="messenger-bench-"))
+    homes = root / "client-homes"
+    homes.mkdir()
+    run = Run(workload=w, quick=quick, scale=scale, progress=progress, homes=homes)
     procs = Processes(root)
     try:
         _main_rows(run, procs, rounds=1 if quick else FULL_ROUNDS)
-        _jetstream_sync(run, procs)
         if scale:
             _scale(run, procs, huge=huge)
     finally:
@@ -180,7 +214,8 @@ class _Systems:
     ceiling: tuple[list[Child], tuple[str, ...]]
     replicas: tuple[list[Child], tuple[str, ...]]
     legacy: tuple[list[Child], tuple[str, ...]]
-    jetstream: tuple[list[Child], list[str]] | None
+    # JetStream clusters by row name (default settings; sync_interval: always), absent if they failed
+    jetstream: dict[str, tuple[list[Child], list[str]]]
     jetstream_error: str | None
 
 
@@ -189,22 +224,46 @@ def _start_servers(procs: Processes, kind: str) -> tuple[list[Child], tuple[str,
     return [c for c, _ in started], tuple(a for _, a in started)
 
 
+JETSTREAM_CLUSTERS = {"jetstream-r3": False, "jetstream-r3-sync": True}  # row -> sync_interval: always
+
+
 def _start_systems(run: Run, procs: Processes) -> _Systems:
     ceiling = _start_servers(procs, "ceiling")
     replicas = start_replicas(procs, n=3, tag="messenger")
     legacy = _start_servers(procs, "legacy")
-    js: tuple[list[Child], list[str]] | None = None
+    clusters: dict[str, tuple[list[Child], list[str]]] = {}
     error = jetstream.unavailable_reason()
     if error is None:
-        children, urls = jetstream.start_cluster(procs, tag="jetstream-r3", sync_always=False)
-        try:
-            asyncio.run(jetstream.create_stream(urls[0], children=children))
-            js = (children, urls)
-        except Exception as exc:  # reported in the JetStream rows; the others go on
-            error = repr(exc)[:300]
-            procs.stop(children)
-    run.progress("servers up: 3 ceiling, 3 replicas, 3 legacy" + (", JetStream R3" if js else ""))
-    return _Systems(ceiling, replicas, legacy, js, error)
+        for tag, sync_always in JETSTREAM_CLUSTERS.items():
+            children, urls = jetstream.start_cluster(procs, tag=tag, sync_always=sync_always)
+            try:
+                asyncio.run(jetstream.create_stream(urls[0], children=children))
+                clusters[tag] = (children, urls)
+            except Exception as exc:  # reported in that cluster's rows; the others go on
+                error = repr(exc)[:300]
+                procs.stop(children)
+    started = ", ".join(("3 ceiling", "3 replicas", "3 legacy", *(f"{tag} (3 nodes)" for tag in clusters)))
+    run.progress(f"servers up: {started}")
+    return _Systems(ceiling, replicas, legacy, clusters, error)
+
+
+MAIN_ROWS = (
+    "ceiling",
+    "messenger-w1",
+    "messenger-w2",
+    "messenger-w3",
+    "messenger-batch",
+    "messenger-legacy",
+    "reads",
+    "legacy",
+)
+# row -> the cluster it runs on
+JETSTREAM_ROWS = {
+    "jetstream-r3": "jetstream-r3",
+    "jetstream-r3-noid": "jetstream-r3",
+    "jetstream-r3-sync": "jetstream-r3-sync",
+    "jetstream-reads": "jetstream-r3",
+}
 
 
 def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
@@ -215,56 +274,77 @@ def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
     legacy_children, legacy = systems.legacy
     by_round: dict[str, list[Row]] = {}
 
-    def measure(name: str, servers: list[Child], work: Callable[[], Timing], note: str) -> Row:
+    def measure(name: str, servers: list[Child], work: Work, note: str) -> Row:
         row = run.measure(name, servers, work, note=note, record=False)
         by_round.setdefault(name, []).append(row)
         return row
 
-    js_rows: dict[str, Row] = {}
+    def sends(name: str, write_quorum: int, r: int, note: str) -> None:
+        tag = f"{name.removeprefix('messenger-')}r{r}"
+        measure(
+            name,
+            replica_children,
+            lambda m, h: asyncio.run(messenger_sends(replicas, w, tag=tag, write_quorum=write_quorum, meter=m, home=h)),
+            note,
+        )
+
+    def publishes(name: str, r: int, *, msg_ids: bool, note: str) -> None:
+        cluster = systems.jetstream.get(JETSTREAM_ROWS[name])
+        if cluster is None:
+            return
+        children, urls = cluster
+        tag = f"{name.removeprefix('jetstream-').replace('-', '')}x{r}"
+        measure(
+            name,
+            children,
+            lambda m, h: asyncio.run(jetstream.publishes(urls[0], w, tag=tag, meter=m, msg_ids=msg_ids)),
+            note,
+        )
 
     def one_round(r: int) -> None:
         measure(
             "ceiling",
             ceiling_children,
-            lambda: asyncio.run(messenger_sends(ceiling, w, tag=f"ceiling{r}", write_quorum=1)),
+            lambda m, h: asyncio.run(messenger_sends(ceiling, w, tag=f"ceiling{r}", write_quorum=1, meter=m, home=h)),
             "coalescing client, W=1, 3 servers that store nothing",
         )
-        if systems.jetstream is not None:
-            js_children, urls = systems.jetstream
-            js_rows[f"r{r}"] = measure(
-                "jetstream-r3",
-                js_children,
-                lambda: asyncio.run(jetstream.publishes(urls[0], w, tag=f"js{r}")),
-                f"default: fsync every 2 min; {w.concurrency} publishers awaiting PubAck",
-            )
-        measure(
-            "messenger-w1",
-            replica_children,
-            lambda: asyncio.run(messenger_sends(replicas, w, tag=f"w1r{r}", write_quorum=1)),
-            f"{w.concurrency} concurrent send(), W=1, SQLite fsync before ack",
+        publishes(
+            "jetstream-r3",
+            r,
+            msg_ids=True,
+            note=f"default: fsync every 2 min; {w.concurrency} publishers with Nats-Msg-Id awaiting PubAck",
         )
-        measure(
-            "messenger-w3",
-            replica_children,
-            lambda: asyncio.run(messenger_sends(replicas, w, tag=f"w3r{r}", write_quorum=3)),
-            f"{w.concurrency} concurrent send(), W=3",
+        sends("messenger-w1", 1, r, f"{w.concurrency} concurrent send(), W=1, SQLite fsync before ack")
+        sends("messenger-w2", 2, r, f"{w.concurrency} concurrent send(), W=2: ack after 2 of 3 replicas fsynced")
+        publishes(
+            "jetstream-r3-sync",
+            r,
+            msg_ids=True,
+            note=f"sync_interval: always (fsync before ack); {w.concurrency} publishers with Nats-Msg-Id",
+        )
+        sends("messenger-w3", 3, r, f"{w.concurrency} concurrent send(), W=3")
+        publishes(
+            "jetstream-r3-noid",
+            r,
+            msg_ids=False,
+            note=f"as jetstream-r3 without Nats-Msg-Id (no de-duplication); {w.concurrency} publishers",
         )
         measure(
             "messenger-batch",
             replica_children,
-            lambda: asyncio.run(messenger_batches(replicas, w, tag=f"batch{r}")),
+            lambda m, h: asyncio.run(messenger_batches(replicas, w, tag=f"batch{r}", meter=m, home=h)),
             f"send_many() of {w.batch_messages}, {w.batch_callers} in flight; latency per list",
         )
         measure(
             "legacy",
             legacy_children,
-            lambda: legacy_sends(legacy, w, tag=f"legacy{r}"),
+            lambda m, h: legacy_sends(legacy, w, tag=f"legacy{r}", meter=m),
             "original design: sync server, dict in memory, sync client to 3 in turn",
         )
         measure(
             "messenger-legacy",
             replica_children,
-            lambda: legacy_sends(replicas, w, tag=f"mlegacy{r}"),
+            lambda m, h: legacy_sends(replicas, w, tag=f"mlegacy{r}", meter=m),
             "original sync client: unary Send to 3 replicas in turn",
         )
 
@@ -275,33 +355,32 @@ def _main_rows(run: Run, procs: Processes, *, rounds: int) -> None:
     measure(
         "reads",
         replica_children,
-        lambda: asyncio.run(messenger_reads(replicas, w, boxes=boxes, home=procs.root / "reader-home")),
+        lambda m, h: asyncio.run(messenger_reads(replicas, w, boxes=boxes, meter=m, home=h)),
         f"receive() of the first messenger-w3 mailboxes, {w.read_callers} in flight; latency per mailbox",
     )
-    if systems.jetstream is not None and "r0" in js_rows:
-        js_children, urls = systems.jetstream
-        total = js_rows["r0"].messages
+    first_js = by_round.get("jetstream-r3", [])
+    if first_js and first_js[0].status == "ok" and first_js[0].messages > 0:
+        js_children, urls = systems.jetstream["jetstream-r3"]
+        total = first_js[0].messages
         measure(
             "jetstream-reads",
             js_children,
-            lambda: asyncio.run(jetstream.pull_reads(urls[0], w, tag="js0", total=total)),
+            lambda m, h: asyncio.run(jetstream.pull_reads(urls[0], w, tag="r3x0", total=total, meter=m)),
             "pull consumer: fetch 100, ack each; latency per fetch",
         )
-    for name in ("ceiling", "messenger-w1", "messenger-w3", "messenger-batch", "messenger-legacy", "reads", "legacy"):
+    for name in MAIN_ROWS:
         run.rows.append(_median(by_round[name]))
-    for name in ("jetstream-r3", "jetstream-reads"):
+    for name, cluster in JETSTREAM_ROWS.items():
         if name in by_round:
             run.rows.append(_median(by_round[name]))
+        elif jetstream.unavailable_reason() is not None:
+            run.rows.append(skipped(name, systems.jetstream_error or "no JetStream cluster"))
         else:
-            run.rows.append(
-                skipped(name, systems.jetstream_error or "no JetStream cluster")
-                if jetstream.unavailable_reason() is not None
-                else Row(name, None, None, None, None, 0, 0.0, 0.0, 0.0, systems.jetstream_error or "", "failed")
-            )
+            run.rows.append(failed(name, systems.jetstream_error or f"{cluster} did not start"))
     for children in (ceiling_children, replica_children, legacy_children):
         procs.stop(children)
-    if systems.jetstream is not None:
-        procs.stop(systems.jetstream[0])
+    for children, _ in systems.jetstream.values():
+        procs.stop(children)
 
 
 def _median(rows: list[Row]) -> Row:
@@ -312,28 +391,6 @@ def _median(rows: list[Row]) -> Row:
         spread = ", ".join(f"{r.msgs_per_s or 0:,.0f}" for r in rows)
         chosen = replace(chosen, note=f"{chosen.note}; median of {len(rows)} rounds ({spread} msgs/s)")
     return chosen
-
-
-def _jetstream_sync(run: Run, procs: Processes) -> None:
-    w = run.workload
-    name = "jetstream-r3-sync"
-    why = jetstream.unavailable_reason()
-    if why is not None:
-        run.rows.append(skipped(name, why))
-        return
-    children, urls = jetstream.start_cluster(procs, tag=name, sync_always=True)
-    try:
-        asyncio.run(jetstream.create_stream(urls[0], children=children))
-        run.measure(
-            name,
-            children,
-            lambda: asyncio.run(jetstream.publishes(urls[0], w, tag=name)),
-            note=f"sync_interval: always; {w.concurrency} publishers awaiting PubAck",
-        )
-    except Exception as exc:  # the cluster would not come up: say so in its row, go on
-        run.rows.append(Row(name, None, None, None, None, 0, 0.0, 0.0, 0.0, repr(exc)[:300], "failed"))
-    finally:
-        procs.stop(children)
 
 
 def _scale(run: Run, procs: Processes, *, huge: bool) -> None:
@@ -354,14 +411,14 @@ def _scale_replicas(run: Run, procs: Processes, *, n: int) -> None:
     run.measure(
         f"scale-replicas-{n}",
         children,
-        lambda: asyncio.run(messenger_sends(servers, w, tag=tag, write_quorum=1)),
+        lambda m, h: asyncio.run(messenger_sends(servers, w, tag=tag, write_quorum=1, meter=m, home=h)),
         note=f"{n} replicas, W=1 sends",
     )
     boxes = mailboxes_of(tag, mailboxes=w.mailboxes)
     run.measure(
         f"scale-replicas-{n}-read",
         children,
-        lambda: asyncio.run(messenger_reads(servers, w, boxes=boxes, home=procs.root / f"{tag}-home")),
+        lambda m, h: asyncio.run(messenger_reads(servers, w, boxes=boxes, meter=m, home=h)),
         note=f"{n} replicas, receive() of every mailbox",
     )
     procs.stop(children)
@@ -374,14 +431,14 @@ def _scale_mailbox_size(run: Run, procs: Processes, *, size: int) -> None:
     run.measure(
         f"scale-mailbox-{_short(size)}",
         children,
-        lambda: asyncio.run(messenger_batches(servers, w, tag=tag, mailboxes=1, messages=size)),
+        lambda m, h: asyncio.run(messenger_batches(servers, w, tag=tag, mailboxes=1, messages=size, meter=m, home=h)),
         note=f"up to {size:,} messages into one mailbox with send_many() (bounded by time)",
     )
     boxes = mailboxes_of(tag, mailboxes=1)
     run.measure(
         f"scale-mailbox-{_short(size)}-read",
         children,
-        lambda: asyncio.run(messenger_reads(servers, w, boxes=boxes, home=procs.root / f"{tag}-home")),
+        lambda m, h: asyncio.run(messenger_reads(servers, w, boxes=boxes, meter=m, home=h)),
         note="receive(limit=10,000) of that mailbox until empty; latency: the whole mailbox",
     )
     procs.stop(children)
@@ -393,7 +450,9 @@ def _scale_mailbox_count(run: Run, children: list[Child], servers: tuple[str, ..
     run.measure(
         f"scale-mailboxes-{_short(count)}",
         children,
-        lambda: asyncio.run(messenger_sends(servers, w, tag=tag, write_quorum=1, mailboxes=count)),
+        lambda m, h: asyncio.run(
+            messenger_sends(servers, w, tag=tag, write_quorum=1, mailboxes=count, meter=m, home=h)
+        ),
         note=f"W=1 sends spread over {count:,} mailboxes",
     )
 

@@ -2,7 +2,10 @@
 
 Every loop here has two bounds, a count and a deadline. Latency is measured
 per call, from just before the call to just after it returned; a call that
-carries many messages counts once with its own latency.
+carries many messages counts once with its own latency. CPU is measured by
+the row's `CpuMeter` around the measured part only, never the warm-up. Every
+client keeps its inbox and outbox in the `home` it is given (a directory of
+the run), never in the user's home.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from grpc_messenger import AsyncMessenger, ClientConfig, Draft
+from grpc_messenger.bench.cpu import CpuMeter
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
@@ -105,18 +109,26 @@ async def drive(call: Callable[[int], Awaitable[int]], *, calls: int, concurrenc
 # --- the messenger client ----------------------------------------------------------------
 
 
-def client_config(servers: Sequence[str], *, write_quorum: int = 1, home: Path | None = None) -> ClientConfig:
-    """The client configuration every messenger row uses (library defaults otherwise)."""
+def client_config(servers: Sequence[str], *, home: Path, write_quorum: int = 1) -> ClientConfig:
+    """The client configuration every messenger row uses (library defaults otherwise; inbox and outbox in `home`)."""
+    home.mkdir(parents=True, exist_ok=True)
     return ClientConfig(servers=tuple(servers), write_quorum=write_quorum, timeout_s=CALL_TIMEOUT_S, data_dir=home)
 
 
 async def messenger_sends(
-    servers: Sequence[str], w: Workload, *, tag: str, write_quorum: int, mailboxes: int | None = None
+    servers: Sequence[str],
+    w: Workload,
+    *,
+    tag: str,
+    write_quorum: int,
+    meter: CpuMeter,
+    home: Path,
+    mailboxes: int | None = None,
 ) -> Timing:
     """`w.concurrency` concurrent single send() calls through the public async client."""
     boxes = mailboxes or w.mailboxes
     body = w.body()
-    async with AsyncMessenger(client_config(servers, write_quorum=write_quorum)) as messenger:
+    async with AsyncMessenger(client_config(servers, write_quorum=write_quorum, home=home)) as messenger:
 
         async def send_to(prefix: str, i: int) -> int:
             await messenger.send(sender=sender(tag), recipient=mailbox(prefix, i, mailboxes=boxes), body=body)
@@ -129,18 +141,26 @@ async def messenger_sends(
             return await send_to(tag, i)
 
         await drive(warm, calls=w.warmup_messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
-        return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+        with meter.measuring():
+            return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
 
 
 async def messenger_batches(
-    servers: Sequence[str], w: Workload, *, tag: str, mailboxes: int | None = None, messages: int | None = None
+    servers: Sequence[str],
+    w: Workload,
+    *,
+    tag: str,
+    meter: CpuMeter,
+    home: Path,
+    mailboxes: int | None = None,
+    messages: int | None = None,
 ) -> Timing:
     """send_many() with lists of `w.batch_messages` drafts, `w.batch_callers` lists in flight."""
     boxes = mailboxes or w.mailboxes
     total = messages or w.messages
     body = w.body()
     size = w.batch_messages
-    async with AsyncMessenger(client_config(servers)) as messenger:
+    async with AsyncMessenger(client_config(servers, home=home)) as messenger:
 
         async def send_batch(prefix: str, index: int) -> int:
             first = index * size
@@ -161,10 +181,13 @@ async def messenger_batches(
         calls = -(-total // size)
         warm_calls = max(1, w.warmup_messages // size)
         await drive(warm, calls=warm_calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
-        return await drive(measured, calls=calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
+        with meter.measuring():
+            return await drive(measured, calls=calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
 
 
-async def messenger_reads(servers: Sequence[str], w: Workload, *, boxes: Sequence[str], home: Path) -> Timing:
+async def messenger_reads(
+    servers: Sequence[str], w: Workload, *, boxes: Sequence[str], meter: CpuMeter, home: Path
+) -> Timing:
     """receive() of every mailbox in `boxes`: fetch from all replicas, merge, store locally, ack."""
     async with AsyncMessenger(client_config(servers, home=home)) as messenger:
 
@@ -178,13 +201,14 @@ async def messenger_reads(servers: Sequence[str], w: Workload, *, boxes: Sequenc
                 moved += len(report.messages)
             return moved
 
-        return await drive(read, calls=len(boxes), concurrency=w.read_callers, time_max_s=w.row_time_max_s * 4)
+        with meter.measuring():
+            return await drive(read, calls=len(boxes), concurrency=w.read_callers, time_max_s=w.row_time_max_s * 4)
 
 
 # --- the original synchronous client ----------------------------------------------------
 
 
-def legacy_sends(servers: Sequence[str], w: Workload, *, tag: str) -> Timing:
+def legacy_sends(servers: Sequence[str], w: Workload, *, tag: str, meter: CpuMeter) -> Timing:
     """The original client: unary Send to each server one after another, one message at a time."""
     channels = [grpc.insecure_channel(address) for address in servers]
     try:
@@ -206,15 +230,16 @@ def legacy_sends(servers: Sequence[str], w: Workload, *, tag: str) -> Timing:
                 break
             send(i, prefix=f"warm-{tag}", id_base=1_000_000)
         latencies: list[float] = []
-        started = time.perf_counter()
-        deadline = started + w.row_time_max_s
-        for i in range(w.legacy_messages):
-            if time.perf_counter() > deadline:
-                break
-            t0 = time.perf_counter()
-            send(i, prefix=tag, id_base=1)
-            latencies.append(time.perf_counter() - t0)
-        return Timing(len(latencies), time.perf_counter() - started, tuple(latencies))
+        with meter.measuring():
+            started = time.perf_counter()
+            deadline = started + w.row_time_max_s
+            for i in range(w.legacy_messages):
+                if time.perf_counter() > deadline:
+                    break
+                t0 = time.perf_counter()
+                send(i, prefix=tag, id_base=1)
+                latencies.append(time.perf_counter() - t0)
+            return Timing(len(latencies), time.perf_counter() - started, tuple(latencies))
     finally:
         for channel in channels:
             channel.close()

@@ -10,6 +10,13 @@ Pure: a history in, a report out. Definitions (per message key):
 - phantom:     shown, but never sent, or shown with other content or in another mailbox.
 - under_replicated: still queued after settling but not on every replica (from the
                `replication` event the runner records before the final drain).
+- in_doubt:    invoked, and no outcome ever recorded: the sender process was killed
+               before send() returned. Such a send may arrive at most once (a second
+               showing counts as duplicated like any other); `in_doubt_delivered`
+               says how many did arrive.
+
+Events may come from several processes' files merged by time, so a delivery is
+judged against every invoke of the whole history, not only the earlier ones.
 
 A run passes when lost, duplicated and phantom are all zero.
 """
@@ -40,6 +47,9 @@ class CheckReport:
     faults: int
     settle_s: float | None
     read_failures: int
+    in_doubt: int = 0
+    in_doubt_delivered: int = 0
+    senders_killed: int = 0
     lost_sample: tuple[str, ...] = field(default=())
     duplicated_sample: tuple[str, ...] = field(default=())
     phantom_sample: tuple[str, ...] = field(default=())
@@ -63,8 +73,9 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
     invoked: dict[str, tuple[str, str]] = {}  # key -> (mailbox, body)
     outcome: dict[str, str] = {}
     shown: dict[str, int] = {}
-    phantoms: set[str] = set()
+    delivered_as: dict[str, set[tuple[str, str]]] = {}
     under_replicated = 0
+    senders_killed = 0
     faults = 0
     settle_s: float | None = None
     read_failures = 0
@@ -79,9 +90,7 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
         elif kind == "deliver":
             key = event["key"]
             shown[key] = shown.get(key, 0) + 1
-            sent = invoked.get(key)
-            if sent is None or sent != (event["mailbox"], event["body"]):
-                phantoms.add(key)
+            delivered_as.setdefault(key, set()).add((event["mailbox"], event["body"]))
         elif kind == "read_fail":
             read_failures += 1
         elif kind == "fault" and event.get("phase") == "start":
@@ -90,6 +99,10 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
             under_replicated = int(event["under_replicated"])
         elif kind == "settled":
             settle_s = event["settle_s"]
+        elif kind == "sender_killed":
+            senders_killed += 1
+    phantoms = {k for k, forms in delivered_as.items() if k not in invoked or forms != {invoked[k]}}
+    in_doubt = {k for k in invoked if k not in outcome}
     ok_keys = {k for k, v in outcome.items() if v == "ok"}
     lost = sorted(k for k in ok_keys if k not in shown)
     duplicated = sorted(k for k, n in shown.items() if n > 1)
@@ -108,6 +121,9 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
         faults=faults,
         settle_s=settle_s,
         read_failures=read_failures,
+        in_doubt=len(in_doubt),
+        in_doubt_delivered=len(in_doubt & once),
+        senders_killed=senders_killed,
         lost_sample=tuple(lost[:SAMPLE_KEYS_MAX]),
         duplicated_sample=tuple(duplicated[:SAMPLE_KEYS_MAX]),
         phantom_sample=tuple(sorted(phantoms)[:SAMPLE_KEYS_MAX]),

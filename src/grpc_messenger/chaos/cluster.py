@@ -5,68 +5,74 @@ it through `sender_proxies[i]`, readers through `reader_proxies[i]`, and
 replica j (repair) through `peer_proxies[(j, i)]`. Cutting "r1 <-> r2" is
 setting peer_proxies[(0, 1)] and peer_proxies[(1, 0)] to CUT.
 
-Replicas are `python -m grpc_messenger serve` processes we start and kill by
-pid only; `close()` always stops every process and proxy it started.
+Replicas are `python -m grpc_messenger serve` processes started through
+grpc_messenger.launch and killed by pid only; `close()` always stops every process and proxy it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc_messenger.chaos.proxy import FaultProxy
+from grpc_messenger.launch import LaunchError, ServeProcess
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 STORE_FILE = "replica.sqlite3"  # what server/replica.py names it; the chaos harness never imports the server
+GRACE_S = 2.0  # the drain a stopped replica gets: short, chaos stops replicas often
 
-
-class ReplicaStartError(Exception):
-    """A replica process exited or did not become ready."""
+# a replica that exits at start or never becomes ready; the faults catch it by this name
+ReplicaStartError = LaunchError
 
 
 @dataclass(slots=True)
 class ChaosReplica:
-    """One replica process: restartable on the same port and data directory."""
+    """One replica process (through the shared launcher): restartable on the same port and data directory."""
 
     name: str
     data_dir: Path
     log_path: Path
     ready_path: Path
     extra_args: tuple[str, ...] = ()
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+    launcher: ServeProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.launcher = ServeProcess(
+            data_dir=self.data_dir, name=self.name, log_path=self.log_path, ready_path=self.ready_path
+        )
 
     @property
     def address(self) -> str:
         """Where the replica itself listens (callers go through proxies)."""
-        assert self.port, f"{self.name} never started"
-        return f"127.0.0.1:{self.port}"
+        return self.launcher.address
+
+    @property
+    def port(self) -> int:
+        """Its port (0 before the first start)."""
+        return self.launcher.port
 
     @property
     def alive(self) -> bool:
         """True while the process runs."""
-        return self.process is not None and self.process.poll() is None
+        return self.launcher.alive
 
     @property
     def pid(self) -> int:
         """The process id of the current (or last) process."""
-        assert self.process is not None
-        return self.process.pid
+        return self.launcher.pid
+
+    @property
+    def starts(self) -> int:
+        """How many times it was started."""
+        return self.launcher.starts
 
     @property
     def store_file(self) -> Path:
@@ -74,64 +80,27 @@ class ChaosReplica:
         return self.data_dir / STORE_FILE
 
     async def start(self, *, peers: tuple[str, ...], repair_interval_s: float | None) -> None:
-        """Start (or restart on the same port) and wait until the ready file appears."""
+        """Start (or restart on the same port) and wait until the ready record appears."""
         assert not self.alive, f"{self.name} is already running"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ready_path.unlink(missing_ok=True)
-        args = [
-            sys.executable, "-m", "grpc_messenger", "--log-level", "info", "serve",
-            "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-            "--ready-file", str(self.ready_path), "--grace", "2", *self.extra_args,
-        ]  # fmt: skip
+        args = ["--grace", str(GRACE_S), *self.extra_args]
         for peer in peers:
             args += ["--peer", peer]
         if peers and repair_interval_s is not None:
             args += ["--repair-interval", str(repair_interval_s)]
-        self.process = await asyncio.to_thread(_spawn, args, self.log_path, f"start {self.starts + 1}")
-        self.starts += 1
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.ready_path.exists():
-            if self.process.poll() is not None:
-                raise ReplicaStartError(f"{self.name} exited at start (code {self.process.returncode}): {self.tail()}")
-            if time.monotonic() > deadline:
-                await self.kill()
-                raise ReplicaStartError(f"{self.name} not ready within {READY_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.02)
-        address = json.loads(self.ready_path.read_text())["addresses"][0]
-        self.port = int(address.rpartition(":")[2])
+        self.launcher.args = tuple(args)
+        await asyncio.to_thread(self.launcher.start)
 
     async def kill(self) -> None:
         """SIGKILL (no drain) and reap."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
+        await asyncio.to_thread(self.launcher.kill)
 
     async def stop(self) -> None:
         """SIGTERM (drain), SIGKILL if it does not exit in time."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            await self.kill()
+        await asyncio.to_thread(self.launcher.stop, timeout_s=STOP_TIMEOUT_S)
 
     def tail(self, chars: int = 600) -> str:
         """The end of this replica's log, on one line."""
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:].replace("\n", " | ")
-        except OSError:
-            return "(no log)"
-
-
-def _spawn(args: list[str], log_path: Path, label: str) -> subprocess.Popen[bytes]:
-    """Start a process with its output appended to log_path (returns at once)."""
-    with log_path.open("ab") as log_file:
-        log_file.write(f"--- {label} at {time.time():.3f}: {' '.join(args)}\n".encode())
-        log_file.flush()
-        return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self.launcher.log_tail(chars).replace("\n", " | ") or "(no log)"
 
 
 @dataclass(frozen=True, slots=True)

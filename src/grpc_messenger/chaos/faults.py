@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from grpc_messenger.chaos.cluster import ChaosCluster, ReplicaStartError, damage_file, wipe_data_dir
 from grpc_messenger.chaos.history import History
 from grpc_messenger.chaos.proxy import FaultProxy, ProxyMode
+from grpc_messenger.chaos.sender_proc import SenderProcess
 from grpc_messenger.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class FaultKind(enum.Enum):
     LOSE_CLIENT = "lose_client"  # requests to one replica delivered, responses lost
     LOSE_PEER = "lose_peer"  # the same between two replicas
     ISOLATE_WIPE = "isolate_wipe"  # senders reach only one replica, which cannot repair; then it loses its disk
+    KILL_SENDER = "kill_sender"  # a sender process gets SIGKILL (at once, or right after an ack), restarts on its home
 
     @property
     def loses_data(self) -> bool:
@@ -84,15 +86,19 @@ MIXED_WEIGHTS = {
     FaultKind.LOSE_CLIENT: 3,
     FaultKind.LOSE_PEER: 2,
     FaultKind.ISOLATE_WIPE: 1,
+    FaultKind.KILL_SENDER: 3,
 }
 # Named scenarios: the fault menu (and whether targets go round-robin).
 SCENARIOS: dict[str, tuple[FaultKind, ...]] = {
-    "mixed": tuple(MIXED_WEIGHTS),
+    "mixed": tuple(k for k in MIXED_WEIGHTS if k is not FaultKind.KILL_SENDER),
     "isolate-wipe": (FaultKind.ISOLATE_WIPE,),
     "rolling-wipe": (FaultKind.WIPE,),
     "flaky-reads": (FaultKind.KILL, FaultKind.CUT_CLIENT, FaultKind.DROP_CLIENT, FaultKind.LOSE_CLIENT),
     "damage": (FaultKind.DAMAGE_FLIP, FaultKind.DAMAGE_TRUNCATE),
+    "sender-crash": (FaultKind.KILL_SENDER, FaultKind.KILL, FaultKind.CUT_CLIENT, FaultKind.LOSE_CLIENT),
 }
+# Scenarios that need senders in their own processes (a harness cannot SIGKILL itself).
+NEEDS_SENDER_PROCESSES = ("sender-crash",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +111,19 @@ class Fault:
     other: int = -1  # the other replica of a peer fault
     hold_s: float = 1.0
     delay_ms: int = 0
+    after_ack: bool = False  # kill_sender: wait for the next acknowledged send, then kill
+
+    def where(self, names: Sequence[str]) -> str:
+        """The target's name (a sender for kill_sender, else a replica, or a replica pair)."""
+        if self.kind is FaultKind.KILL_SENDER:
+            return f"s{self.target + 1}"
+        return names[self.target] + (f"<->{names[self.other]}" if self.other >= 0 else "")
 
     def describe(self, names: Sequence[str]) -> str:
         """One dense line: kind, target, parameters."""
-        where = names[self.target] + (f"<->{names[self.other]}" if self.other >= 0 else "")
+        where = self.where(names)
         extra = f" delay_ms={self.delay_ms}" if self.delay_ms else ""
+        extra += " after_ack" if self.after_ack else ""
         return f"{self.kind.value:<15} {where:<7} hold_s={self.hold_s:.1f}{extra}"
 
 
@@ -125,6 +139,7 @@ class SchedulePlan:
     hold_s: tuple[float, float] = (0.8, 3.5)
     gap_s: tuple[float, float] = (0.3, 2.0)
     data_loss_gap_s: float = 10.0
+    sender_processes: int = 0  # > 0: senders run as processes, and `mixed` also kills them
 
 
 def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
@@ -132,7 +147,11 @@ def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
     if plan.scenario not in SCENARIOS:
         raise InvalidInput(f"unknown scenario {plan.scenario!r}; choose from {', '.join(SCENARIOS)}")
     menu = SCENARIOS[plan.scenario]
-    mandatory = [k for k in MANDATORY if k in menu] if plan.scenario == "mixed" else []
+    if plan.scenario == "mixed" and plan.sender_processes:
+        menu = (*menu, FaultKind.KILL_SENDER)
+    if FaultKind.KILL_SENDER in menu and not plan.sender_processes:
+        raise InvalidInput(f"scenario {plan.scenario!r} kills senders: it needs sender processes")
+    mandatory = [k for k in (*MANDATORY, FaultKind.KILL_SENDER) if k in menu] if plan.scenario == "mixed" else []
     rng.shuffle(mandatory)
     round_robin = plan.scenario in ("rolling-wipe", "isolate-wipe", "damage")
     faults: list[Fault] = []
@@ -158,6 +177,8 @@ def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
             fault = replace(fault, delay_ms=rng.choice((20, 100, 300, 1000)))
         if kind is FaultKind.ISOLATE_WIPE:
             fault = replace(fault, hold_s=round(max(fault.hold_s, 2.0), 2))  # time for sends to land only there
+        if kind is FaultKind.KILL_SENDER:
+            fault = replace(fault, target=rng.randrange(plan.sender_processes), after_ack=rng.random() < 0.5)
         if kind.loses_data:
             last_loss_s = t
         faults.append(fault)
@@ -181,8 +202,10 @@ class Nemesis:
         rng: random.Random,
         emit: Callable[[str], None],
         describe_state: Callable[[], str],
+        senders: Sequence[SenderProcess] = (),
     ) -> None:
         self._cluster = cluster
+        self._senders = senders
         self._history = history
         self._rng = rng  # for damage details only; the schedule is planned up front
         self._emit = emit
@@ -219,9 +242,14 @@ class Nemesis:
             await asyncio.wait_for(stop.wait(), timeout=fault.hold_s)
         detail = await self._end(fault)
         self._history.record("fault", phase="end", **_fault_fields(fault, self.names), **detail)
-        self._emit(f"fault- {fault.kind.value:<15} {self.names[fault.target]:<7} {_kv(detail)}")
+        self._emit(f"fault- {fault.kind.value:<15} {fault.where(self.names):<7} {_kv(detail)}")
 
     async def _start(self, fault: Fault) -> dict[str, object]:
+        if fault.kind is FaultKind.KILL_SENDER:
+            sender = self._senders[fault.target]
+            killed = await sender.kill(after_ack=fault.after_ack)
+            self._history.record("sender_killed", process=sender.spec.name, incarnation=sender.incarnation, **killed)
+            return killed
         c = self._cluster
         i = fault.target
         replica = c.replicas[i]
@@ -264,6 +292,9 @@ class Nemesis:
         return {}
 
     async def _end(self, fault: Fault) -> dict[str, object]:
+        if fault.kind is FaultKind.KILL_SENDER:
+            sender = self._senders[fault.target]
+            return {"pid": await sender.start(), "incarnation": sender.incarnation}
         c = self._cluster
         i = fault.target
         if fault.kind is FaultKind.ISOLATE_WIPE:
@@ -314,7 +345,8 @@ class Nemesis:
 
 
 def _fault_fields(fault: Fault, names: Sequence[str]) -> dict[str, object]:
-    fields: dict[str, object] = {"kind": fault.kind.value, "target": names[fault.target], "hold_s": fault.hold_s}
+    target = fault.where(names) if fault.kind is FaultKind.KILL_SENDER else names[fault.target]
+    fields: dict[str, object] = {"kind": fault.kind.value, "target": target, "hold_s": fault.hold_s}
     if fault.other >= 0:
         fields["other"] = names[fault.other]
     if fault.delay_ms:

@@ -2,6 +2,11 @@
 
 Everything it starts (replica processes, proxies, clients, the temporary
 directory) is stopped and removed in `finally`, whatever happens.
+
+Beyond the public API, the settle step counts the copies of each message on
+each replica with the client's per-replica paged Fetch
+(grpc_messenger.client.pages) over a generated stub: the public client merges
+replicas, and settling is about each one alone.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -21,13 +27,22 @@ from typing import Any
 
 import grpc
 
-from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput
+from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput, MessengerError
 from grpc_messenger.chaos.checker import CheckReport, check
 from grpc_messenger.chaos.cluster import ChaosCluster
-from grpc_messenger.chaos.faults import SCENARIOS, Fault, Nemesis, SchedulePlan, plan_schedule
-from grpc_messenger.chaos.history import History, read_history
+from grpc_messenger.chaos.faults import (
+    NEEDS_SENDER_PROCESSES,
+    SCENARIOS,
+    Fault,
+    Nemesis,
+    SchedulePlan,
+    plan_schedule,
+)
+from grpc_messenger.chaos.history import History, merge_histories, read_history
+from grpc_messenger.chaos.resources import Trend, sample, trends
+from grpc_messenger.chaos.sender_proc import SenderProcess, SenderSpec
 from grpc_messenger.chaos.workload import RawReader, Reader, Sender, mailbox_names
-from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.client.pages import fetch_pages
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -37,6 +52,7 @@ SETTLE_POLL_S = 0.5
 CLIENT_TIMEOUT_S = 3.0
 OUTBOX_EXPIRY_S = 3600.0  # longer than any run: nothing may expire while we watch
 FETCH_TIMEOUT_S = 5.0
+FETCH_PAGE_SIZE = 500
 MESSAGES_PER_SENDER_MAX = 10_000_000
 PLAN_FAULTS_SHOWN_MAX = 20
 
@@ -59,6 +75,8 @@ class ChaosConfig:
     repair_interval_s: float = 1.0
     data_loss_gap_s: float = 10.0
     settle_max_s: float = 60.0
+    sample_interval_s: float = TICK_S  # RSS, fds and threads of every process into the history
+    sender_processes: bool = False  # senders in their own processes (killable with SIGKILL, restarted)
     work_dir: Path | None = None  # default: a new temporary directory, removed at the end
     history_path: Path | None = None  # keep a copy of the history here
 
@@ -67,6 +85,10 @@ class ChaosConfig:
             raise InvalidInput(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
         if not (self.duration_s > 0 and self.senders >= 1 and self.readers >= 1 and self.mailboxes >= self.readers):
             raise InvalidInput("need a positive duration, a sender, a reader, and at least one mailbox per reader")
+        if self.scenario in NEEDS_SENDER_PROCESSES and not self.sender_processes:
+            raise InvalidInput(f"scenario {self.scenario} kills senders: add --sender-processes")
+        if self.sender_processes and not self.outbox:
+            raise InvalidInput("sender processes always keep an outbox (it is what a restart must carry)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +102,12 @@ class ChaosResult:
     replicas_down_end: int
     replica_start_failures: int
     history_lines: int
+    resources: tuple[Trend, ...] = ()
+
+    @property
+    def growing(self) -> tuple[Trend, ...]:
+        """The resource series that kept climbing (a leak, in a long run)."""
+        return tuple(t for t in self.resources if t.growing)
 
     @property
     def ok(self) -> bool:
@@ -94,6 +122,7 @@ class ChaosResult:
             "seed": self.config.seed,
             "duration_s": self.config.duration_s,
             "scenario": self.config.scenario,
+            "sender_processes": self.config.sender_processes,
             "defences": {
                 "outbox": self.config.outbox,
                 "repair": self.config.repair,
@@ -104,6 +133,8 @@ class ChaosResult:
             "replicas_down_end": self.replicas_down_end,
             "replica_start_failures": self.replica_start_failures,
             "history_lines": self.history_lines,
+            "resources": [t.to_dict() for t in self.resources],
+            "resources_growing": [f"{t.process}.{t.figure}" for t in self.growing],
         }
 
 
@@ -127,12 +158,15 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
     cluster = ChaosCluster(root=root / "cluster", repair=config.repair, repair_interval_s=config.repair_interval_s)
     (root / "cluster").mkdir(exist_ok=True)
     senders: list[Sender] = []
+    processes: list[SenderProcess] = []
+    flushers: list[AsyncMessenger] = []
     readers: list[Reader] = []
     try:
         try:
             say(
                 f"start  seed={config.seed} scenario={config.scenario} duration_s={config.duration_s:g} "
-                f"senders={config.senders} readers={config.readers} mailboxes={config.mailboxes} "
+                f"senders={config.senders}{' (processes)' if config.sender_processes else ''} "
+                f"readers={config.readers} mailboxes={config.mailboxes} "
                 f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox)} "
                 f"repair={_onoff(config.repair)} inbox_dedup={_onoff(config.inbox_dedup)} "
                 f"dir={root}"
@@ -143,37 +177,53 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
             schedule = schedule_for(config, rng)
             say(_plan_line(schedule))
             mailboxes = mailbox_names(config.mailboxes)
-            senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
+            if config.sender_processes:
+                processes = [
+                    _sender_process(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)
+                ]
+                pids = [await p.start() for p in processes]
+                say("senders " + " ".join(f"{p.spec.name}=pid:{pid}" for p, pid in zip(processes, pids, strict=True)))
+            else:
+                senders = [_sender(config, cluster, root, history, rng, i, mailboxes) for i in range(config.senders)]
             readers = [_reader(config, cluster, root, history, rng, i, mailboxes) for i in range(config.readers)]
             nemesis = Nemesis(
                 cluster=cluster,
                 history=history,
                 rng=random.Random(rng.random()),
                 emit=say,
-                describe_state=lambda: _state_line(cluster, history, senders),
+                describe_state=lambda: _state_line(cluster, history, processes),
+                senders=processes,
             )
             started = time.monotonic()
-            await _run_workload(config, schedule, cluster, nemesis, senders, readers, history, say, started)
+            await _run_workload(config, schedule, cluster, nemesis, senders, readers, history, say, started, processes)
             load_s = time.monotonic() - started
+            # sender processes finish their sends in flight and exit; their homes (outboxes) stay
+            await asyncio.gather(*(p.stop() for p in processes))
 
             for line in await nemesis.heal_all():
                 say(f"heal   {line}")
-            say(f"heal   all links pass, all replicas up | {_state_line(cluster, history, senders)}")
-            owed_end = await _settle(config, cluster, senders, mailboxes, history, say)
+            say(f"heal   all links pass, all replicas up | {_state_line(cluster, history, processes)}")
+            flushers = [AsyncMessenger(p.spec.client_config()) for p in processes]
+            messengers = [s.messenger for s in senders] + flushers
+            owed_end = await _settle(config, cluster, messengers, mailboxes, history, say)
             drained = sum([await r.drain() for r in readers])
             leftover = await _queued_anywhere(cluster, mailboxes)
             say(f"drain  shown={drained} still_queued={leftover}")
             history.record("drained", shown=drained, still_queued=leftover)
             down = sum(1 for r in cluster.replicas if not r.alive)
         finally:
-            for sender in senders:
+            for messenger in [s.messenger for s in senders] + flushers:
                 with contextlib.suppress(Exception):
-                    await sender.messenger.close()
+                    await messenger.close()
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    await process.stop()
             for reader in readers:
                 with contextlib.suppress(Exception):
                     await reader.close()
             await cluster.close()
             history.close()
+        merge_histories(history.path, [path for p in processes for path in p.history_paths])
         events = list(read_history(history.path))
         report = check(events)
     finally:
@@ -190,13 +240,19 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         replicas_down_end=down,
         replica_start_failures=nemesis.start_failures,
         history_lines=len(events),
+        resources=tuple(trends(events)),
     )
 
 
 def schedule_for(config: ChaosConfig, rng: random.Random | None = None) -> list[Fault]:
     """The fault schedule of a run: the first draw of the run's seeded generator seeds it."""
     rng = rng or random.Random(config.seed)
-    plan = SchedulePlan(duration_s=config.duration_s, scenario=config.scenario, data_loss_gap_s=config.data_loss_gap_s)
+    plan = SchedulePlan(
+        duration_s=config.duration_s,
+        scenario=config.scenario,
+        data_loss_gap_s=config.data_loss_gap_s,
+        sender_processes=config.senders if config.sender_processes else 0,
+    )
     return plan_schedule(random.Random(rng.random()), plan)
 
 
@@ -236,6 +292,31 @@ def _sender(
         history=history,
         rate_per_s=config.rate_per_s / config.senders,
     )
+
+
+def _sender_process(
+    config: ChaosConfig,
+    cluster: ChaosCluster,
+    root: Path,
+    history: History,
+    rng: random.Random,
+    i: int,
+    mailboxes: Sequence[str],
+) -> SenderProcess:
+    spec = SenderSpec(
+        name=f"s{i + 1}",
+        run_tag=f"c{config.seed}",
+        servers=cluster.sender_servers,
+        home=str(root / f"sender-{i + 1}"),
+        mailboxes=tuple(mailboxes),
+        seed=rng.randrange(2**31),
+        rate_per_s=config.rate_per_s / config.senders,
+        timeout_s=CLIENT_TIMEOUT_S,
+        outbox_expiry_s=OUTBOX_EXPIRY_S,
+        history_dir=str(root),
+        t0_s=history.t0_s,
+    )
+    return SenderProcess(spec, log_path=root / f"sender-{i + 1}.log")
 
 
 def _reader(
@@ -279,6 +360,7 @@ async def _run_workload(
     history: History,
     say: Callable[[str], None],
     started: float,
+    processes: Sequence[SenderProcess] = (),
 ) -> None:
     stop = asyncio.Event()
 
@@ -286,7 +368,7 @@ async def _run_workload(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=TICK_S)
-            say(f"tick   {_state_line(cluster, history, senders)}")
+            say(f"tick   {_state_line(cluster, history, processes)}")
 
     async with asyncio.TaskGroup() as tg:
         for s in senders:
@@ -295,14 +377,42 @@ async def _run_workload(
             tg.create_task(r.run(stop, pause_s=config.read_pause_s))
         tg.create_task(nemesis.run(schedule, started_at=started, stop=stop))
         tg.create_task(ticker())
+        tg.create_task(_sample_resources(cluster, processes, history, stop, interval_s=config.sample_interval_s))
         await asyncio.sleep(config.duration_s)
         stop.set()
         say("stop   workload stopping; waiting for sends in flight")
 
 
-def _state_line(cluster: ChaosCluster, history: History, senders: Sequence[Sender]) -> str:
+async def _sample_resources(
+    cluster: ChaosCluster,
+    processes: Sequence[SenderProcess],
+    history: History,
+    stop: asyncio.Event,
+    *,
+    interval_s: float,
+) -> None:
+    """Every interval: RSS, open fds and threads of the harness (the clients) and each replica."""
+    while not stop.is_set():
+        pids = {"client": os.getpid(), **{r.name: r.pid for r in cluster.replicas if r.alive and r.ready_path.exists()}}
+        pids.update({p.spec.name: p.process.pid for p in processes if p.process is not None and p.alive})
+        found = {name: sample(pid) for name, pid in pids.items()}
+        history.record(
+            "resources",
+            processes={
+                name: {"pid": s.pid, "rss_kib": s.rss_kib, "fds": s.fds, "threads": s.threads}
+                for name, s in found.items()
+                if s is not None
+            },
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def _state_line(cluster: ChaosCluster, history: History, processes: Sequence[SenderProcess] = ()) -> str:
     c = history.counts
     replicas = " ".join(f"{r.name}:{'up' if r.alive else 'DOWN'}" for r in cluster.replicas)
+    if processes:  # their sends are counted in their own files, merged at the end
+        replicas += " | " + " ".join(f"{p.spec.name}:{'up' if p.alive else 'DOWN'}#{p.incarnation}" for p in processes)
     links = [p.name + ":" + p.mode.value for p in cluster.all_proxies() if p.mode.value != "pass"]
     return (
         f"sent={c.get('invoke', 0)} ok={c.get('ok', 0)} fail={c.get('fail', 0)} unk={c.get('info', 0)} "
@@ -311,18 +421,18 @@ def _state_line(cluster: ChaosCluster, history: History, senders: Sequence[Sende
     )
 
 
-async def _flush_outboxes(senders: Sequence[Sender]) -> int:
+async def _flush_outboxes(messengers: Sequence[AsyncMessenger]) -> int:
     """Push every sender's owed deliveries now; return how many are still owed in all."""
     owed = 0
-    for s in senders:
-        owed += await s.messenger.flush_outbox()
+    for messenger in messengers:
+        owed += await messenger.flush_outbox()
     return owed
 
 
 async def _settle(
     config: ChaosConfig,
     cluster: ChaosCluster,
-    senders: Sequence[Sender],
+    messengers: Sequence[AsyncMessenger],
     mailboxes: Sequence[str],
     history: History,
     say: Callable[[str], None],
@@ -337,7 +447,7 @@ async def _settle(
     while True:
         if use_outbox:
             try:
-                owed = await asyncio.wait_for(_flush_outboxes(senders), timeout=30.0)
+                owed = await asyncio.wait_for(_flush_outboxes(messengers), timeout=30.0)
             except Exception as exc:  # a flush that fails is a finding, not a reason to stop checking
                 say(f"settle flush_outbox failed: {type(exc).__name__}: {exc}")
                 owed = -1
@@ -380,18 +490,11 @@ async def _copies(cluster: ChaosCluster, mailboxes: Sequence[str]) -> dict[str, 
 
 async def _fetch_keys(stub: pb_grpc.MessengerServiceAsyncStub, mailbox: str) -> set[str]:
     keys: set[str] = set()
-    after_seq = 0
     try:
-        for _ in range(1000):
-            page = await stub.Fetch(
-                pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=500), timeout=FETCH_TIMEOUT_S
-            )
-            keys.update(m.key for m in page.messages)
-            if not page.more:
-                break
-            after_seq = page.next_after_seq
-    except grpc.RpcError as exc:
-        log.info("event=chaos.fetch_failed mailbox=%s error=%r", mailbox, exc)
+        async for page in fetch_pages(stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=FETCH_TIMEOUT_S):
+            keys.update(page.keys)
+    except MessengerError as exc:
+        log.info("event=chaos.fetch_failed mailbox=%s error=%r", mailbox, str(exc))
     return keys
 
 

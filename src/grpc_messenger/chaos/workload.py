@@ -6,6 +6,10 @@ is never reused. Each mailbox has exactly one reader; a reader's local inbox
 is what makes its delivery exactly-once. `RawReader` is the reader without
 that defence (Fetch, merge by key within one read, Ack, no durable inbox):
 with it, the checker sees duplicates.
+
+Beyond the public API, `RawReader` uses the client's per-replica paged Fetch
+and Ack (grpc_messenger.client.pages) over generated stubs: the public client
+always keeps a local inbox, and the point of this reader is not to.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import grpc
 
 from grpc_messenger import AsyncMessenger, MessengerError, QuorumNotReached
 from grpc_messenger.chaos.history import History
-from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.client.pages import ack_keys, fetch_pages
+from grpc_messenger.model import Message
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -190,42 +195,36 @@ class RawReader(Reader):
 
     async def receive(self, mailbox: str) -> int:
         pages = await asyncio.gather(*(self._fetch_all(stub, mailbox) for stub in self._stubs))
-        merged: dict[str, pb.SendRequest] = {}
-        for page in pages:
-            for m in page or ():
+        merged: dict[str, Message] = {}
+        for found in pages:
+            for m in found or ():
                 merged.setdefault(m.key, m)
         if all(p is None for p in pages):
             self._history.record("read_fail", process=self.name, mailbox=mailbox, error="no replica answered")
             return 0
         for key, m in merged.items():
-            self._history.record("deliver", process=self.name, mailbox=mailbox, key=key, body=m.msg)
+            self._history.record("deliver", process=self.name, mailbox=mailbox, key=key, body=m.body)
         if merged:
-            request = pb.AckRequest(self_email=mailbox, keys=list(merged))
-            await asyncio.gather(*(self._ack(stub, request) for stub in self._stubs))
+            keys = list(merged)
+            await asyncio.gather(*(self._ack(stub, mailbox, keys) for stub in self._stubs))
         return len(merged)
 
-    async def _fetch_all(self, stub: pb_grpc.MessengerServiceAsyncStub, mailbox: str) -> list[pb.SendRequest] | None:
-        found: list[pb.SendRequest] = []
-        after_seq = 0
+    async def _fetch_all(self, stub: pb_grpc.MessengerServiceAsyncStub, mailbox: str) -> list[Message] | None:
+        found: list[Message] = []
         try:
-            for _ in range(PAGES_PER_READ_MAX):
-                page = await stub.Fetch(
-                    pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=FETCH_PAGE_SIZE),
-                    timeout=self._timeout_s,
-                )
-                found.extend(page.messages)
-                if not page.more:
-                    break
-                after_seq = page.next_after_seq
-        except grpc.RpcError:
+            async for page in fetch_pages(
+                stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=self._timeout_s, pages_max=PAGES_PER_READ_MAX
+            ):
+                found.extend(page.messages())
+        except MessengerError:
             return None
         return found
 
-    async def _ack(self, stub: pb_grpc.MessengerServiceAsyncStub, request: pb.AckRequest) -> None:
+    async def _ack(self, stub: pb_grpc.MessengerServiceAsyncStub, mailbox: str, keys: list[str]) -> None:
         try:
-            await stub.Ack(request, timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            log.debug("event=chaos.raw_ack_failed error=%r", exc)
+            await ack_keys(stub, mailbox, keys, timeout_s=self._timeout_s)
+        except MessengerError as exc:
+            log.debug("event=chaos.raw_ack_failed error=%r", str(exc))
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))

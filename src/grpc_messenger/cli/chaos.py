@@ -35,9 +35,15 @@ from grpc_messenger.chaos.runner import report_json
     show_default=True,
     help="Which faults: mixed (all kinds), or a focused one.",
 )
-@click.option("--senders", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--readers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--mailboxes", type=click.IntRange(1, 100_000), default=40, show_default=True)
+@click.option("--senders", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent sending clients.")
+@click.option("--readers", type=click.IntRange(1, 64), default=2, show_default=True, help="Concurrent reading clients.")
+@click.option(
+    "--mailboxes",
+    type=click.IntRange(1, 100_000),
+    default=40,
+    show_default=True,
+    help="Distinct recipient mailboxes the senders spread over.",
+)
 @click.option(
     "--rate",
     "rate_per_s",
@@ -70,6 +76,19 @@ from grpc_messenger.chaos.runner import report_json
     show_default=True,
     help="At most one lost disk or damaged file per this many seconds (repair must keep up).",
 )
+@click.option(
+    "--sample-interval",
+    "sample_interval_s",
+    type=click.FloatRange(min=0.5, max=600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between samples of RSS, open fds and threads of the clients and each replica.",
+)
+@click.option(
+    "--sender-processes",
+    is_flag=True,
+    help="Senders in their own processes (SIGKILLed and restarted on their homes by kill_sender faults).",
+)
 @click.option("--no-outbox", is_flag=True, help="Senders without the durable outbox (hinted hand-off).")
 @click.option("--no-repair", is_flag=True, help="Replicas without peers (no anti-entropy).")
 @click.option("--no-inbox-dedup", is_flag=True, help="Readers Fetch+Ack without the local inbox.")
@@ -96,6 +115,8 @@ def chaos_command(
     settle_max_s: float,
     repair_interval_s: float,
     data_loss_gap_s: float,
+    sample_interval_s: float,
+    sender_processes: bool,
     no_outbox: bool,
     no_repair: bool,
     no_inbox_dedup: bool,
@@ -124,6 +145,8 @@ def chaos_command(
         settle_max_s=settle_max_s,
         repair_interval_s=repair_interval_s,
         data_loss_gap_s=data_loss_gap_s,
+        sample_interval_s=sample_interval_s,
+        sender_processes=sender_processes,
         outbox=not no_outbox,
         repair=not no_repair,
         inbox_dedup=not no_inbox_dedup,
@@ -166,6 +189,11 @@ def print_report(result: ChaosResult) -> None:
     click.echo(
         f"  delivered       {r.delivered}   (of them not acknowledged to the sender: {r.delivered_unacknowledged})"
     )
+    if result.config.sender_processes:
+        click.echo(
+            f"  senders killed  {r.senders_killed}   sends in doubt {r.in_doubt} "
+            f"(delivered once: {r.in_doubt_delivered}, at most once is the rule)"
+        )
     click.echo(f"  lost            {r.lost}   {' '.join(r.lost_sample)}")
     click.echo(f"  duplicated      {r.duplicated}   {' '.join(r.duplicated_sample)}")
     click.echo(f"  phantom         {r.phantom}   {' '.join(r.phantom_sample)}")
@@ -174,6 +202,13 @@ def print_report(result: ChaosResult) -> None:
     settle = f"{r.settle_s} s" if r.settle_s is not None else f"NOT within {result.config.settle_max_s:g} s"
     click.echo(f"  settle_s        {settle}   outbox owed at end {result.outbox_owed_end}")
     click.echo(f"  read failures   {r.read_failures}   replicas down at end {result.replicas_down_end}")
+    for t in result.resources:
+        if t.figure == "rss_kib":
+            line = f"  resources {t.process:<7}"
+            for fig in result.resources:
+                if fig.process == t.process:
+                    line += f" {fig.figure} {fig.first:g}->{fig.last:g} (peak {fig.peak})"
+            click.echo(line + ("  GROWING" if any(g.process == t.process for g in result.growing) else ""))
     verdict = "PASS" if result.ok else "FAIL"
     click.echo(f"{verdict}: lost={r.lost} duplicated={r.duplicated} phantom={r.phantom}")
     if r.settle_s is None or r.under_replicated:

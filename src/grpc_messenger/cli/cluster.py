@@ -1,113 +1,101 @@
 """`messenger cluster`: run N local replicas as child processes, stop them all cleanly.
 
-Each replica is a real `messenger serve` process, so killing one (to see reads
-go on without it) is exactly what happens on a real host.
+Each replica is a real `messenger serve` process started through
+grpc_messenger.launch, so killing one (to see reads go on without it) is
+exactly what happens on a real host.
 """
 
 from __future__ import annotations
 
-import json
+import shlex
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from grpc_messenger.errors import MessengerError
+from grpc_messenger.launch import ServeProcess, stop_all
 
-READY_TIMEOUT_S = 30.0
 PEER_TOKEN_FILE = "peer.token"
-STOP_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSpec:
-    """Where one local replica listens and keeps its data."""
+    """Where one local replica listens, keeps its data, and is reached by its peers."""
 
     name: str
-    listen: str
+    listen: str  # host:port, port 0 for any free port
     data_dir: Path
-    peers: tuple[str, ...] = ()
-
-    def serve_args(self, *, store: str, extra: Sequence[str] = ()) -> list[str]:
-        """The `messenger serve` arguments that (re)start this replica."""
-        peer_args = [arg for peer in self.peers for arg in ("--peer", peer)]
-        return [
-            "serve",
-            "--listen",
-            self.listen,
-            "--data-dir",
-            str(self.data_dir),
-            "--store",
-            store,
-            *peer_args,
-            *extra,
-        ]
-
-
-@dataclass(slots=True)
-class RunningReplica:
-    """A started replica process."""
-
-    spec: ReplicaSpec
-    process: subprocess.Popen[bytes]
-    ready_file: Path
+    connect_host: str  # the host its peers dial (loopback when it listens on every interface)
 
     @property
-    def address(self) -> str:
-        """Where it really listens (differs from spec.listen when that asked for port 0)."""
-        return str(ready_info(self)["addresses"][0])  # type: ignore[index]
+    def port(self) -> int:
+        """The port asked for (0: any)."""
+        return int(self.listen.rpartition(":")[2])
 
 
 def plan(*, replicas: int, host: str, base_port: int, data_dir: Path) -> list[ReplicaSpec]:
-    """The specs of a local cluster: consecutive ports, one data directory each."""
+    """The specs of a local cluster: consecutive ports (or any free ones), one data directory each."""
     if not 1 <= replicas <= 9:
         raise MessengerError("a local cluster has 1 to 9 replicas")
     if not 0 <= base_port <= 65535 - replicas:
         raise MessengerError(f"base port {base_port} leaves no room for {replicas} replicas")
     listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    # base port 0: every replica takes any free port (tests, several clusters on one
-    # host); their addresses are unknown up front, so they start without repair peers
-    listens = [f"{listen_host}:{base_port + i if base_port else 0}" for i in range(replicas)]
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else listen_host
-    connects = [f"{connect_host}:{base_port + i}" for i in range(replicas)] if base_port else []
     return [
         ReplicaSpec(
             name=f"replica-{i + 1}",
-            listen=listens[i],
+            listen=f"{listen_host}:{base_port + i if base_port else 0}",
             data_dir=data_dir / f"replica-{i + 1}",
-            peers=tuple(c for j, c in enumerate(connects) if j != i),
+            connect_host=connect_host,
         )
         for i in range(replicas)
     ]
 
 
-def start(specs: list[ReplicaSpec], *, store: str, log_level: str, extra: Sequence[str] = ()) -> list[RunningReplica]:
-    """Start every replica and wait until each has written its ready file."""
-    running: list[RunningReplica] = []
+def start(specs: list[ReplicaSpec], *, store: str, log_level: str, extra: Sequence[str] = ()) -> list[ServeProcess]:
+    """Start every replica, each repairing with all the others, and wait until all are ready.
+
+    With fixed ports the peers are known up front. With port 0 they are not: the
+    replicas start alone, report their ports, and are restarted on those ports
+    with their peers (they are empty and unused at that point, so nothing is lost).
+    """
+    replicas = [
+        ServeProcess(data_dir=spec.data_dir, name=spec.name, listen=spec.listen, log_level=log_level) for spec in specs
+    ]
+    ports_known = all(spec.port for spec in specs)
     try:
-        for spec in specs:
-            spec.data_dir.mkdir(parents=True, exist_ok=True)
-            ready = spec.data_dir / "ready.json"
-            ready.unlink(missing_ok=True)
-            serve = spec.serve_args(store=store, extra=extra)
-            args = [sys.executable, "-m", "grpc_messenger", "--log-level", log_level, *serve]
-            process = subprocess.Popen([*args, "--ready-file", str(ready)], stdin=subprocess.DEVNULL)
-            running.append(RunningReplica(spec, process, ready))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        for replica in running:
-            while not replica.ready_file.exists():
-                if replica.process.poll() is not None:
-                    raise MessengerError(f"{replica.spec.name} exited at start (code {replica.process.returncode})")
-                if time.monotonic() > deadline:
-                    raise MessengerError(f"{replica.spec.name} did not start within {READY_TIMEOUT_S:.0f} s")
-                time.sleep(0.05)
+        for spec, replica in zip(specs, replicas, strict=True):
+            peers = _peers(specs, [s.port for s in specs], spec) if ports_known else ()
+            replica.args = _serve_args(store=store, peers=peers, extra=extra)
+            replica.spawn()
+        for replica in replicas:
+            replica.wait_ready()
+        if not ports_known and len(replicas) > 1:
+            ports = [replica.port for replica in replicas]
+            for spec, replica in zip(specs, replicas, strict=True):
+                replica.args = _serve_args(store=store, peers=_peers(specs, ports, spec), extra=extra)
+                replica.stop()
+                replica.start()
     except BaseException:
-        stop(running)
+        stop_all(replicas)
         raise
-    return running
+    return replicas
+
+
+def _peers(specs: list[ReplicaSpec], ports: list[int], me: ReplicaSpec) -> tuple[str, ...]:
+    return tuple(f"{spec.connect_host}:{port}" for spec, port in zip(specs, ports, strict=True) if spec is not me)
+
+
+def _serve_args(*, store: str, peers: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    return ("--store", store, *(arg for peer in peers for arg in ("--peer", peer)), *extra)
+
+
+def restart_hint(replica: ServeProcess) -> str:
+    """The `messenger serve` command line that restarts this replica by hand, on its port."""
+    argv = ["messenger", "serve", "--listen", replica.listen, "--data-dir", str(replica.data_dir), *replica.args]
+    return shlex.join(argv)
 
 
 def security_args(*, data_dir: Path, host: str, auth: bool, secure: bool) -> tuple[list[str], list[str]]:
@@ -145,29 +133,12 @@ def security_args(*, data_dir: Path, host: str, auth: bool, secure: bool) -> tup
     return args, client_env
 
 
-def ready_info(replica: RunningReplica) -> dict[str, object]:
-    """What the replica wrote when it became ready (addresses, id, pid)."""
-    info: dict[str, object] = json.loads(replica.ready_file.read_text())
-    return info
-
-
-def stop(running: list[RunningReplica]) -> dict[str, int | None]:
+def stop(running: list[ServeProcess]) -> dict[str, int | None]:
     """SIGTERM every live replica (they drain), wait, SIGKILL stragglers; exit codes by name."""
-    for replica in running:
-        if replica.process.poll() is None:
-            replica.process.send_signal(signal.SIGTERM)
-    codes: dict[str, int | None] = {}
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for replica in running:
-        try:
-            codes[replica.spec.name] = replica.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            replica.process.kill()
-            codes[replica.spec.name] = replica.process.wait()
-    return codes
+    return stop_all(running)
 
 
-def supervise(running: list[RunningReplica], *, on_exit: Callable[[RunningReplica, int], None]) -> None:
+def supervise(running: list[ServeProcess], *, on_exit: Callable[[ServeProcess, int], None]) -> None:
     """Block until SIGINT/SIGTERM; report replicas that die meanwhile (the rest go on)."""
     stopping = False
 
@@ -180,9 +151,9 @@ def supervise(running: list[RunningReplica], *, on_exit: Callable[[RunningReplic
     try:
         while not stopping:
             for replica in running:
-                code = replica.process.poll()
-                if code is not None and replica.spec.name not in reported:
-                    reported.add(replica.spec.name)
+                code = replica.process.poll() if replica.process is not None else None
+                if code is not None and replica.name not in reported:
+                    reported.add(replica.name)
                     on_exit(replica, code)
             time.sleep(0.2)
     finally:

@@ -1,7 +1,7 @@
 """The `messenger` command: a thin shell over the client library and the replica server.
 
-Every failure is one clear line on stderr and a non-zero exit status
-(2: bad input, 1: anything else), never a traceback.
+Every failure is one clear line on stderr and a documented exit status
+(cli/exit_codes.py, listed in `messenger --help`), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,22 +11,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 
 from grpc_messenger._version import __version__
+from grpc_messenger.cli import bulk, exit_codes, render, security_cmds
 from grpc_messenger.cli import cluster as local_cluster
-from grpc_messenger.cli import render, security_cmds
-from grpc_messenger.cli.settings import FileSettings, default_config_path, load_file, resolve_servers
-from grpc_messenger.client.inbox import LocalInbox, default_data_dir
-from grpc_messenger.client.sync import Messenger
-from grpc_messenger.config import ClientConfig, ServerConfig, servers_from_env
+from grpc_messenger.cli.diagnose import tls_hint
+from grpc_messenger.cli.local_files import LocalDataError, check_home
+from grpc_messenger.cli.outbox_cmds import outbox
+from grpc_messenger.cli.session import client_session
+from grpc_messenger.cli.settings import Globals, client_default, default_config_path, home_of, load_file
+from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.config import DEFAULT_SERVERS, ClientConfig, ServerConfig, servers_from_env
 from grpc_messenger.errors import InvalidInput, MessengerError
-from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, validate_address
+from grpc_messenger.launch import ServeProcess
+from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, QuorumNotReached, SendReport, new_key, validate_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,42 +38,14 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Globals:
-    """Options shared by the client commands."""
-
-    servers: str | None
-    file: FileSettings
-    timeout_s: float | None
-    home: Path | None
-    token: str | None = None
-    tls: bool = False
-    tls_ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-
-    def client_config(self, *, write_quorum: int | None = None) -> ClientConfig:
-        servers = resolve_servers(self.servers, self.file)
-        return ClientConfig(
-            servers=servers,
-            write_quorum=write_quorum or self.file.write_quorum or 1,
-            timeout_s=self.timeout_s or self.file.timeout_s or 5.0,
-            data_dir=self.home or self.file.home or default_data_dir(),
-            token=self.token or self.file.token or "",
-            tls=self.tls or bool(self.file.tls),
-            tls_ca=self.tls_ca or self.file.tls_ca,
-            tls_client_cert=self.client_cert or self.file.client_cert,
-            tls_client_key=self.client_key or self.file.client_key,
-        )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=exit_codes.HELP)
 @click.version_option(__version__, prog_name="messenger")
 @click.option(
     "--servers",
     envvar="MESSENGER_SERVERS",
     metavar="HOST:PORT,...",
-    help="Replica addresses [env MESSENGER_SERVERS; default: the local cluster, 127.0.0.1:50051-50053].",
+    help="Replica addresses, comma-separated [env MESSENGER_SERVERS; config: servers; default: the local "
+    f"cluster, {','.join(DEFAULT_SERVERS)}].",
 )
 @click.option(
     "--config",
@@ -77,18 +53,24 @@ class Globals:
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
 )
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01, max=300), help="Per-call deadline, seconds.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.01, max=300),
+    help=f"Per-call deadline, seconds [config: timeout_s; default {client_default('timeout_s')}].",
+)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="MESSENGER_HOME",
-    help="Where the local inbox lives [env MESSENGER_HOME; default ~/.local/share/grpc-messenger].",
+    help="Where the local inbox and outbox live [env MESSENGER_HOME; config: home; "
+    "default $XDG_DATA_HOME/grpc-messenger, i.e. ~/.local/share/grpc-messenger].",
 )
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Log level; logs go to stderr as key=value events [default: info for serve, cluster, chaos and "
-    "bench; warning for the client commands, whose results are their output].",
+    "bench; error for the client commands, whose results and failures are their output].",
 )
 @click.option(
     "--token",
@@ -96,12 +78,14 @@ class Globals:
     metavar="TOKEN",
     help="Access token, sent as 'authorization: Bearer TOKEN' [env MESSENGER_TOKEN; config: token].",
 )
-@click.option("--tls", "use_tls", is_flag=True, envvar="MESSENGER_TLS", help="Use TLS, trusting the system CAs.")
+@click.option(
+    "--tls", "use_tls", is_flag=True, envvar="MESSENGER_TLS", help="Use TLS, trusting the system CAs [config: tls]."
+)
 @click.option(
     "--tls-ca",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     envvar="MESSENGER_TLS_CA",
-    help="Use TLS, trusting this CA (e.g. messenger-data/tls/ca.pem) [env MESSENGER_TLS_CA].",
+    help="Use TLS, trusting this CA (e.g. messenger-data/tls/ca.pem) [env MESSENGER_TLS_CA; config: tls_ca].",
 )
 @click.option(
     "--client-cert",
@@ -129,9 +113,13 @@ def cli(
     client_cert: Path | None,
     client_key: Path | None,
 ) -> None:
-    """grpc-messenger: send to N replicas at once, read from all, lose nothing."""
+    """grpc-messenger: send to N replicas at once, read from all, lose nothing.
+
+    Shell completion: eval "$(_MESSENGER_COMPLETE=bash_source messenger)" in ~/.bashrc
+    (zsh_source, fish_source for the other shells).
+    """
     if log_level is None:
-        log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "warning"
+        log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "error"
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
@@ -177,7 +165,13 @@ _SERVICE_COMMANDS = ("serve", "cluster", "chaos", "bench")
     envvar="MESSENGER_DATA_DIR",
     help="Where the SQLite store lives.",
 )
-@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="sqlite: durable (fsync before every acknowledgement); memory: for tests, lost on exit.",
+)
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(1, 1024 * 1024),
@@ -237,7 +231,12 @@ _SERVICE_COMMANDS = ("serve", "cluster", "chaos", "bench")
     envvar="MESSENGER_TLS_CERT",
     help="TLS certificate (PEM) for every listener, with --tls-key.",
 )
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), envvar="MESSENGER_TLS_KEY")
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_TLS_KEY",
+    help="TLS private key (PEM) for --tls-cert.",
+)
 @click.option(
     "--tls-client-ca",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -358,7 +357,7 @@ def _peer_token(path: Path | None) -> str:
 
 
 @cli.command()
-@click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True, help="How many replicas.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
 @click.option(
     "--base-port",
@@ -374,7 +373,13 @@ def _peer_token(path: Path | None) -> str:
     show_default=True,
     help="One sub-directory per replica.",
 )
-@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True)
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Store of every replica (sqlite: durable; memory: lost on exit).",
+)
 @click.option("--auth", is_flag=True, help="Require tokens (key pair under DATA_DIR/keys, made on first start).")
 @click.option("--secure", is_flag=True, help="Require tokens and use TLS (dev CA under DATA_DIR/tls).")
 @click.pass_context
@@ -389,8 +394,8 @@ def cluster(
     mode = "auth + TLS" if secure else "auth" if auth else "no auth, no TLS"
     out.print(f"[green]local cluster of {replicas} replicas is up[/] (store: {store}, data: {data_dir}, {mode})")
     for replica in running:
-        info = local_cluster.ready_info(replica)
-        out.print(f"  {replica.spec.name}  {replica.address}  pid {replica.process.pid}  id {info['replica_id']}")
+        replica_id = replica.ready.replica_id if replica.ready is not None else "?"
+        out.print(f"  {replica.name}  {replica.address}  pid {replica.pid}  id {replica_id}")
     default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
     out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     for line in client_env:
@@ -400,11 +405,9 @@ def cluster(
         out.print(f"         export MESSENGER_TOKEN=$(messenger token issue you@example.org --key {keys})")
     out.print("Ctrl-C stops every replica.")
 
-    def on_exit(replica: local_cluster.RunningReplica, code: int) -> None:
-        args = replica.spec.serve_args(store=store, extra=extra)
-        args[args.index("--listen") + 1] = replica.address
-        restart = " ".join(["messenger", *args])
-        err.print(f"[yellow]{replica.spec.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
+    def on_exit(replica: ServeProcess, code: int) -> None:
+        restart = local_cluster.restart_hint(replica)
+        err.print(f"[yellow]{replica.name} exited (code {code})[/]; the others go on. Restart it with: {restart}")
 
     try:
         local_cluster.supervise(running, on_exit=on_exit)
@@ -418,27 +421,143 @@ def cluster(
 
 @cli.command()
 @click.option("--from", "sender", required=True, metavar="ADDRESS", help="Your address.")
-@click.option("--to", "recipient", required=True, metavar="ADDRESS", help="The recipient's address.")
-@click.option("--quorum", "-w", type=click.IntRange(1, 9), help="Replicas that must store it before success [1].")
-@click.option("--key", help="Message key, to retry a send safely (default: a new UUIDv7).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--to",
+    "recipient",
+    metavar="ADDRESS",
+    help="The recipient's address (required, except with --jsonl lines that each name one).",
+)
+@click.option(
+    "--quorum",
+    "-w",
+    type=click.IntRange(1, 9),
+    help=f"Replicas that must store it before success [config: write_quorum; default "
+    f"{client_default('write_quorum')}].",
+)
+@click.option("--key", help="Message key, to resend safely (default: a new UUIDv7, printed on failure).")
+@click.option(
+    "--file",
+    "lines_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Send one message per line of this file (blank lines skipped), in batches.",
+)
+@click.option(
+    "--jsonl",
+    "jsonl_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Send one message per JSON line of this file: {"to": ..., "body": ..., "key": ...} ("key" optional; '
+    '"to" defaults to --to).',
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the bulk summary) as JSON.")
 @click.argument("text", required=False)
 @click.pass_obj
 def send(
-    g: Globals, sender: str, recipient: str, quorum: int | None, key: str | None, as_json: bool, text: str | None
+    g: Globals,
+    sender: str,
+    recipient: str | None,
+    quorum: int | None,
+    key: str | None,
+    lines_file: Path | None,
+    jsonl_file: Path | None,
+    as_json: bool,
+    text: str | None,
 ) -> None:
-    """Send TEXT (or standard input, if TEXT is missing or "-") from one address to another."""
+    """Send TEXT (or standard input, if TEXT is missing or "-") from one address to another.
+
+    With --file or --jsonl, send many messages through the library's batching,
+    with a progress bar and a summary.
+    """
+    if lines_file is not None or jsonl_file is not None:
+        _send_bulk(g, sender, recipient, quorum, key, lines_file, jsonl_file, as_json, text)
+        return
+    if recipient is None:
+        raise InvalidInput("say who it is for: --to ADDRESS")
     if text is None or text == "-":
         if sys.stdin.isatty():
             err.print("[dim]reading the message from standard input; end it with Ctrl-D[/]")
         text = sys.stdin.read()
         text = text.removesuffix("\n")
-    with Messenger(g.client_config(write_quorum=quorum)) as messenger:
-        report = messenger.send(sender=sender, recipient=recipient, body=text, key=key, settle=True)
+    # the key is known before sending, so a failure can always name it for a safe resend
+    key = key or new_key()
+    config = g.client_config(write_quorum=quorum)
+    try:
+        with client_session(config) as messenger:
+            report = messenger.send(sender=sender, recipient=recipient, body=text, key=key, settle=True)
+    except QuorumNotReached as exc:
+        _send_failed(config, exc.report, as_json=as_json, resend=_resend_hint(key, sender, recipient, quorum))
+        return
+    except MessengerError as exc:
+        if as_json:
+            click.echo(render.to_json({"key": key, "ok": False, "queued": False, "error": str(exc)}))
+        raise
     if as_json:
         click.echo(render.to_json(render.send_report_dict(report)))
     else:
         render.print_send_report(out, report)
+
+
+def _resend_hint(key: str, sender: str, recipient: str, quorum: int | None) -> str:
+    quorum_args = f" --quorum {quorum}" if quorum else ""
+    return f"messenger send --key {key} --from {sender} --to {recipient}{quorum_args} ..."
+
+
+def _send_failed(config: ClientConfig, report: SendReport, *, as_json: bool, resend: str) -> None:
+    queued = bulk.is_queued(report)
+    hint = tls_hint(config) if report.acknowledged == 0 else None
+    if as_json:
+        click.echo(render.to_json({**render.send_report_dict(report), "queued": queued, "hint": hint}))
+    else:
+        render.print_send_report(out, report)
+        render.print_send_failure(err, report, queued=queued, resend=render.shown(resend, keep_newlines=False))
+        if hint is not None:
+            render.print_hint(err, hint)
+    sys.exit(exit_codes.QUEUED if queued else exit_codes.FAILED)
+
+
+def _send_bulk(
+    g: Globals,
+    sender: str,
+    recipient: str | None,
+    quorum: int | None,
+    key: str | None,
+    lines_file: Path | None,
+    jsonl_file: Path | None,
+    as_json: bool,
+    text: str | None,
+) -> None:
+    if lines_file is not None and jsonl_file is not None:
+        raise InvalidInput("--file and --jsonl exclude each other")
+    if text is not None or key is not None:
+        raise InvalidInput("with --file or --jsonl the messages come from the file: no TEXT or --key")
+    validate_address(sender, what="sender address")
+    if lines_file is not None:
+        if recipient is None:
+            raise InvalidInput("--file needs --to ADDRESS")
+        drafts = bulk.drafts_from_lines(lines_file, sender=sender, recipient=recipient)
+    else:
+        assert jsonl_file is not None
+        drafts = bulk.drafts_from_jsonl(jsonl_file, sender=sender, recipient=recipient)
+    if not drafts:
+        raise InvalidInput(f"{lines_file or jsonl_file} holds no messages")
+    config = g.client_config(write_quorum=quorum)
+    with (
+        client_session(config) as messenger,
+        Progress(*Progress.get_default_columns(), console=err, transient=True, disable=not err.is_terminal) as bar,
+    ):
+        task = bar.add_task("sending", total=len(drafts))
+        outcome = bulk.send_in_chunks(messenger.send_many, drafts, on_chunk=lambda n: bar.advance(task, n))
+    queued, refused = outcome.queued, outcome.refused
+    hint = tls_hint(config) if outcome.stored == 0 else None
+    if as_json:
+        click.echo(render.to_json(render.bulk_dict(outcome, hint=hint)))
+    else:
+        render.print_bulk_summary(out, err, outcome)
+        if hint is not None:
+            render.print_hint(err, hint)
+    if refused:
+        sys.exit(exit_codes.FAILED)
+    if queued:
+        sys.exit(exit_codes.QUEUED)
 
 
 @cli.command()
@@ -461,8 +580,9 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
         raise InvalidInput("--all and --peek exclude each other")
     config = g.client_config()
     if show_all:
-        assert config.data_dir is not None
-        local = LocalInbox.in_dir(config.data_dir)
+        home = home_of(config)
+        check_home(home)
+        local = LocalInbox.in_dir(home)
         try:
             history = local.history(address, limit=limit)
         finally:
@@ -472,7 +592,7 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
         else:
             render.print_messages(out, history, empty=f"no messages for {address} in the local inbox")
         return
-    with Messenger(config) as messenger:
+    with client_session(config) as messenger:
         report = messenger.fetch(address) if peek else messenger.receive(address)
     if as_json:
         click.echo(render.to_json(render.read_report_dict(report)))
@@ -486,14 +606,17 @@ def inbox(g: Globals, address: str, show_all: bool, peek: bool, limit: int, as_j
 @click.pass_obj
 def status(g: Globals, as_json: bool) -> None:
     """Show each replica: reachable, healthy, how many messages, how fast. Exit 1 if none answers."""
-    with Messenger(g.client_config()) as messenger:
+    config = g.client_config()
+    with client_session(config) as messenger:
         statuses = messenger.status()
     if as_json:
         click.echo(render.to_json(render.status_dict(statuses)))
     else:
         render.print_status(out, statuses)
     if not any(s.reachable for s in statuses):
-        sys.exit(1)
+        if not as_json and (hint := tls_hint(config)) is not None:
+            render.print_hint(err, hint)
+        sys.exit(exit_codes.FAILED)
 
 
 cli.add_command(security_cmds.keys)
@@ -501,59 +624,27 @@ cli.add_command(security_cmds.token)
 cli.add_command(security_cmds.certs)
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
-@click.pass_context
-def outbox(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """Show deliveries the replicas are still owed (hinted hand-off); `outbox flush` pushes them now."""
-    if ctx.invoked_subcommand is not None:
-        return
-    g: Globals = ctx.obj
-    with Messenger(g.client_config()) as messenger:
-        counts = messenger.outbox_owed()
-        owed = messenger.outbox_listing(limit=limit)
-    if as_json:
-        click.echo(
-            render.to_json({"owed": counts[0], "expired": counts[1], "deliveries": [render.owed_dict(d) for d in owed]})
-        )
-    else:
-        render.print_outbox(out, owed, counts)
-
-
-@outbox.command("flush")
-@click.pass_obj
-def outbox_flush(g: Globals) -> None:
-    """Try every owed delivery now; exit 1 if some replica still lacks a message."""
-    with Messenger(g.client_config()) as messenger:
-        remaining = messenger.flush_outbox()
-        _, expired = messenger.outbox_owed()
-    if remaining:
-        err.print(
-            f"[yellow]{remaining} deliveries still owed[/] (replicas unreachable?); they are retried in the background"
-        )
-        sys.exit(1)
-    out.print("[green]outbox flushed[/]: nothing owed" + (f", {expired} expired (under-replicated)" if expired else ""))
-
-
 def main() -> None:
     """Entry point: run the CLI, turn our errors into one line and an exit status."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="messenger", standalone_mode=False)
     except click.exceptions.Abort:
         err.print("aborted")
-        sys.exit(130)
+        sys.exit(exit_codes.INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except InvalidInput as exc:
-        err.print(f"[red]error[/]: {exc}")
-        sys.exit(2)
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.BAD_INPUT)
+    except LocalDataError as exc:
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.LOCAL_DATA)
     except MessengerError as exc:
-        err.print(f"[red]error[/]: {exc}")
-        sys.exit(1)
+        err.print(f"[red]error[/]: {render.shown(str(exc), keep_newlines=False)}")
+        sys.exit(exit_codes.FAILED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(exit_codes.INTERRUPTED)
 
 
 from grpc_messenger.bench.command import bench  # noqa: E402  (registered last: keeps merges easy)
@@ -561,3 +652,15 @@ from grpc_messenger.cli.chaos import chaos_command  # noqa: E402
 
 cli.add_command(chaos_command)
 cli.add_command(bench)
+cli.add_command(outbox)
+
+from grpc_messenger.cli.watch import watch  # noqa: E402
+
+cli.add_command(watch)
+from grpc_messenger.cli.admin import admin  # noqa: E402
+
+cli.add_command(admin)
+
+from grpc_messenger.cli.tui import tui  # noqa: E402
+
+cli.add_command(tui)

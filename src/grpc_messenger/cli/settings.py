@@ -1,14 +1,19 @@
-"""Where CLI settings come from: flag, then environment, then config file, then default."""
+"""Where CLI settings come from: flag, then environment, then config file, then default.
+
+Defaults live in one place, `ClientConfig`: a setting given nowhere is simply
+not passed, so the library's own default applies.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from grpc_messenger.config import DEFAULT_SERVERS, servers_from_text
+from grpc_messenger.client.inbox import default_data_dir
+from grpc_messenger.config import ClientConfig, servers_from_text
 from grpc_messenger.errors import InvalidInput
 
 
@@ -91,10 +96,54 @@ def load_file(path: Path, *, required: bool) -> FileSettings:
     )
 
 
-def resolve_servers(flag: str | None, file: FileSettings) -> tuple[str, ...]:
-    """--servers / MESSENGER_SERVERS (click merges those), then the file, then the local cluster."""
-    if flag:
+def resolve_servers(flag: str | None, file: FileSettings) -> tuple[str, ...] | None:
+    """--servers / MESSENGER_SERVERS (click merges those), then the file; None: the library's default.
+
+    An explicit empty list (`--servers ""`) is an error, never a silent fall-back to the local cluster.
+    """
+    if flag is not None:
         return servers_from_text(flag)
-    if file.servers:
-        return file.servers
-    return DEFAULT_SERVERS
+    return file.servers
+
+
+def client_default(name: str) -> Any:
+    """The default of one ClientConfig field: the only place client defaults are written down."""
+    for f in fields(ClientConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    """Options shared by the client commands (None: not given on the command line)."""
+
+    servers: str | None
+    file: FileSettings
+    timeout_s: float | None
+    home: Path | None
+    token: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def client_config(self, *, write_quorum: int | None = None) -> ClientConfig:
+        """Flag, then file; what neither sets keeps ClientConfig's default."""
+        given: dict[str, Any] = {
+            "servers": resolve_servers(self.servers, self.file),
+            "write_quorum": write_quorum or self.file.write_quorum,
+            "timeout_s": self.timeout_s or self.file.timeout_s,
+            "data_dir": self.home or self.file.home,
+            "token": self.token or self.file.token,
+            "tls": self.tls or self.file.tls,
+            "tls_ca": self.tls_ca or self.file.tls_ca,
+            "tls_client_cert": self.client_cert or self.file.client_cert,
+            "tls_client_key": self.client_key or self.file.client_key,
+        }
+        return ClientConfig(**{name: value for name, value in given.items() if value is not None})
+
+
+def home_of(config: ClientConfig) -> Path:
+    """The directory holding the local inbox and outbox (the library's default when unset)."""
+    return config.data_dir or default_data_dir()

@@ -15,9 +15,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import grpc
-
 from grpc_messenger import wire
+from grpc_messenger.errors import Failure, MessengerError, Status
+from grpc_messenger.grpc_errors import map_rpc_errors
 from grpc_messenger.model import PutOutcome, ReplicaOutcome, ReplicaState
 from grpc_messenger.proto import messenger_pb2 as pb
 
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 SendBatchCall = Callable[[pb.SendBatchRequest], Awaitable[pb.SendBatchResponse]]
 # Receives one replica's outcome for one message, exactly once; must not raise.
 Sink = Callable[[ReplicaOutcome], None]
-_DENIED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 # Well under any replica's receive limit (one full batch of maximal messages) and the
@@ -85,22 +84,23 @@ class Batcher:
     async def _send(self, batch: list[tuple[pb.SendRequest, Sink]]) -> None:
         request = wire.batch_request_of([r for r, _ in batch])
         try:
-            response = await self._call(request)
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
-            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-            log.debug("event=send.batch_failed replica=%s n=%d code=%s", self.replica, len(batch), code.name)
+            with map_rpc_errors():
+                response = await self._call(request)
+        except MessengerError as error:
+            failure = Failure.of(error)
+            log.debug("event=send.batch_failed replica=%s n=%d code=%s", self.replica, len(batch), failure.code.name)
             # an auth refusal is final: the outbox must not deliver it later, maybe under another token
-            state = ReplicaState.DENIED if code in _DENIED_CODES else ReplicaState.FAILED
-            self._settle_all(batch, ReplicaOutcome(self.replica, state, f"{code.name}: {details}"))
+            state = ReplicaState.DENIED if failure.denied else ReplicaState.FAILED
+            self._settle_all(batch, ReplicaOutcome(self.replica, state, failure))
             return
         except asyncio.CancelledError:
-            self._settle_all(batch, ReplicaOutcome(self.replica, ReplicaState.PENDING, "client closed"))
+            self._settle_all(
+                batch, ReplicaOutcome(self.replica, ReplicaState.PENDING, Failure(Status.CANCELLED, "client closed"))
+            )
             raise
         if len(response.results) != len(batch):
-            self._settle_all(
-                batch, ReplicaOutcome(self.replica, ReplicaState.FAILED, "replica answered a different count")
-            )
+            failure = Failure(Status.INTERNAL, "replica answered a different count")
+            self._settle_all(batch, ReplicaOutcome(self.replica, ReplicaState.FAILED, failure))
             return
         for (sent, sink), result in zip(batch, response.results, strict=True):
             sink(self._outcome(sent.key, result))
@@ -113,17 +113,20 @@ class Batcher:
     def _outcome(self, key: str, result: pb.SendResult) -> ReplicaOutcome:
         outcome = wire.outcome_from_pb(result.outcome)
         if result.key and result.key != key:
-            return ReplicaOutcome(self.replica, ReplicaState.FAILED, "replica answered for a different key")
+            failure = Failure(Status.INTERNAL, "replica answered for a different key")
+            return ReplicaOutcome(self.replica, ReplicaState.FAILED, failure)
         if result.outcome == pb.SEND_OUTCOME_QUOTA_EXCEEDED:
             # the mailbox is full for now: retryable, unlike a rejection
-            return ReplicaOutcome(self.replica, ReplicaState.FAILED, f"RESOURCE_EXHAUSTED: {result.error}")
+            return ReplicaOutcome(self.replica, ReplicaState.FAILED, Failure(Status.RESOURCE_EXHAUSTED, result.error))
         if outcome is PutOutcome.STORED:
             return self._stored
         if outcome is PutOutcome.ALREADY_STORED:
             return self._already_stored
         if outcome is PutOutcome.CONFLICT:
-            return ReplicaOutcome(self.replica, ReplicaState.CONFLICT, f"key {key} holds other content")
-        return ReplicaOutcome(self.replica, ReplicaState.REJECTED, result.error or "unknown outcome")
+            failure = Failure(Status.ALREADY_EXISTS, f"key {key} holds other content")
+            return ReplicaOutcome(self.replica, ReplicaState.CONFLICT, failure)
+        failure = Failure(Status.INVALID_ARGUMENT, result.error or "unknown outcome")
+        return ReplicaOutcome(self.replica, ReplicaState.REJECTED, failure)
 
     async def close(self) -> None:
         """Send what is queued and wait for every in-flight call."""

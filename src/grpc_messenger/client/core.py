@@ -25,22 +25,25 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_messenger import wire
+from grpc_messenger.client import pages
 from grpc_messenger.client.batcher import Batcher, SendBatchCall, Sink
 from grpc_messenger.client.inbox import LocalInbox, default_data_dir
 from grpc_messenger.client.outbox import Outbox, OwedDelivery
+from grpc_messenger.client.subscribe import ReplicaStream, SubscribeOptions, Subscription
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
 from grpc_messenger.errors import (
+    Failure,
     InvalidInput,
     KeyConflict,
     MessengerError,
-    QuorumNotReached,
+    Status,
     Unavailable,
-    from_rpc_error,
-    from_status,
 )
+from grpc_messenger.grpc_errors import map_rpc_errors
 from grpc_messenger.model import (
     Draft,
     Message,
+    QuorumNotReached,
     ReadReport,
     ReplicaOutcome,
     ReplicaState,
@@ -56,9 +59,7 @@ from grpc_messenger.security import tls
 
 log = logging.getLogger(__name__)
 
-# A read stops after this many pages per replica per call (1000 x 1000 messages);
-# what is left is read by the next call. Every loop has a bound.
-PAGES_PER_READ_MAX = 1000
+PAGES_PER_READ_MAX = pages.PAGES_PER_READ_MAX
 # One outbox flush sends at most this many rounds of owed batches.
 OUTBOX_ROUNDS_MAX = 1000
 OUTBOX_FLUSH_MAX = 100_000
@@ -99,8 +100,8 @@ class AsyncMessenger:
         self._closed = False
         self._outbox: Outbox | None = None
         # (key, recipient, replica) -> what to owe; written to the outbox in small groups
-        self._owed_buffer: dict[tuple[str, str, str], tuple[Message, str, str]] = {}
-        self._in_doubt_buffer: dict[tuple[str, str, str], tuple[Message, str, str]] = {}
+        self._owed_buffer: dict[tuple[str, str, str], tuple[Message, str, Failure]] = {}
+        self._in_doubt_buffer: dict[tuple[str, str, str], tuple[Message, str, Failure]] = {}
         self._paid_buffer: list[tuple[str, str, str]] = []
         # deliveries still unanswered when their send returned (owed until answered)
         self._in_doubt: set[tuple[str, str, str]] = set()
@@ -147,12 +148,14 @@ class AsyncMessenger:
 
     def _batch_call(self, stub: pb_grpc.MessengerServiceAsyncStub) -> SendBatchCall:
         async def call(request: pb.SendBatchRequest) -> pb.SendBatchResponse:
-            return await stub.SendBatch(request, **self._call_options())
+            return await stub.SendBatch(
+                request, timeout=self.config.timeout_s, metadata=self.config.call_metadata or None
+            )
 
         return call
 
     def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.config.timeout_s, "metadata": self.config.call_metadata or None}
+        return {"timeout_s": self.config.timeout_s, "metadata": self.config.call_metadata or None}
 
     def _data_dir(self) -> Path:
         return self.config.data_dir or default_data_dir()
@@ -197,7 +200,7 @@ class AsyncMessenger:
             sender=draft.sender,
             recipient=draft.recipient,
             body=draft.body,
-            key=key or new_key(now_ms=now_ms),
+            key=key or draft.key or new_key(now_ms=now_ms),
             created_unix_ms=now_ms,
         )
 
@@ -282,7 +285,7 @@ class AsyncMessenger:
             if outcome.state is ReplicaState.PENDING:
                 pair = (message.key, message.recipient, outcome.replica)
                 self._in_doubt.add(pair)
-                self._in_doubt_buffer[pair] = (message, outcome.replica, "no answer yet when the send returned")
+                self._in_doubt_buffer[pair] = (message, outcome.replica, _NO_ANSWER_YET)
         self._schedule_persist()
 
     def _note_outcome(self, message: Message, outcome: ReplicaOutcome) -> None:
@@ -291,7 +294,7 @@ class AsyncMessenger:
         if outcome.state in (ReplicaState.FAILED, ReplicaState.PENDING):
             self._in_doubt.discard(pair)
             self._in_doubt_buffer.pop(pair, None)
-            self._owed_buffer[pair] = (message, outcome.replica, outcome.error)
+            self._owed_buffer[pair] = (message, outcome.replica, outcome.failure or _NO_ANSWER_YET)
             self._schedule_persist()
             return
         if not outcome.state.acknowledged:
@@ -375,22 +378,26 @@ class AsyncMessenger:
         outbox = self._outbox
         assert outbox is not None
         if link is None:  # the replica is no longer configured here: keep it owed for a client that has it
-            await asyncio.to_thread(outbox.retry_later, owed, error="replica not configured in this client")
+            failure = Failure(Status.FAILED_PRECONDITION, "replica not configured in this client")
+            await asyncio.to_thread(outbox.retry_later, owed, failure=failure)
             return 0
         done = 0
         size = self.config.batch_messages_max
         for start in range(0, len(owed), size):
             chunk = owed[start : start + size]
             try:
-                response = await link.stub.SendBatch(
-                    wire.batch_request(d.message for d in chunk), **self._call_options()
-                )
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                await asyncio.to_thread(outbox.retry_later, chunk, error=f"{error.code.name}: {error}")
+                with map_rpc_errors():
+                    response = await link.stub.SendBatch(
+                        wire.batch_request(d.message for d in chunk),
+                        timeout=self.config.timeout_s,
+                        metadata=self.config.call_metadata or None,
+                    )
+            except MessengerError as error:
+                await asyncio.to_thread(outbox.retry_later, chunk, failure=Failure.of(error))
                 continue
             if len(response.results) != len(chunk):
-                await asyncio.to_thread(outbox.retry_later, chunk, error="replica answered a different count")
+                failure = Failure(Status.INTERNAL, "replica answered a different count")
+                await asyncio.to_thread(outbox.retry_later, chunk, failure=failure)
                 continue
             # stored, already stored, conflict or rejected: nothing more to deliver there
             delivered = [(d.message.key, d.message.recipient, replica) for d in chunk]
@@ -448,9 +455,9 @@ class AsyncMessenger:
         if not answered and not pages_read:
             raise _no_replica_answered(failed)
         fresh = await asyncio.to_thread(functools.partial(self.inbox.take_unshown, address, limit=limit))
-        return ReadReport(messages=tuple(fresh), replicas_answered=answered, replicas_failed=failed)
+        return ReadReport(messages=tuple(fresh), replicas_answered=answered, failures=failed)
 
-    async def _drain_all(self, address: str, *, stored_max: int | None = None) -> tuple[int, dict[int, str]]:
+    async def _drain_all(self, address: str, *, stored_max: int | None = None) -> tuple[int, dict[int, Failure]]:
         """Move every replica's queue into the inbox; (pages read, error per failed replica index).
 
         With `stored_max`, stop after the round in which that many messages
@@ -463,7 +470,7 @@ class AsyncMessenger:
         rounds with its error, the others go on.
         """
         after_seq = [0] * len(self._links)
-        errors: dict[int, str] = {}
+        errors: dict[int, Failure] = {}
         active = list(range(len(self._links)))
         pages_read = 0
         stored = 0
@@ -474,11 +481,11 @@ class AsyncMessenger:
             got: list[tuple[int, list[Message]]] = []
             still: list[int] = []
             for i, page in zip(active, pages, strict=True):
-                if isinstance(page, str):
+                if isinstance(page, Failure):
                     errors[i] = page
                     continue
                 pages_read += 1
-                messages = [wire.stored_message_from_pb(m) for m in page.messages if m.dest_email == address]
+                messages = [m for m in page.messages() if m.recipient == address]
                 if messages:
                     got.append((i, messages))
                 if page.more:
@@ -497,26 +504,23 @@ class AsyncMessenger:
             active = [i for i in still if i not in errors]
         return pages_read, errors
 
-    async def _fetch_page(self, link: _Link, address: str, after_seq: int) -> pb.FetchResponse | str:
+    async def _fetch_page(self, link: _Link, address: str, after_seq: int) -> wire.FetchedPage | Failure:
         """One page of a replica's queue, or the error as text."""
         try:
-            return await link.stub.Fetch(
-                pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
-                **self._call_options(),
+            return await pages.fetch_page(
+                link.stub, address, after_seq=after_seq, page_size=self.config.page_size, **self._call_options()
             )
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+        except MessengerError as error:
             log.info("event=read.replica_failed replica=%s code=%s", link.address, error.code.name)
-            return f"{error.code.name}: {error}"
+            return Failure.of(error)
 
-    async def _ack_keys(self, link: _Link, address: str, keys: list[str]) -> str | None:
+    async def _ack_keys(self, link: _Link, address: str, keys: Sequence[str]) -> Failure | None:
         """Ack `keys` on one replica; None or the error as text."""
         try:
-            await link.stub.Ack(pb.AckRequest(self_email=address, keys=keys), **self._call_options())
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            await pages.ack_keys(link.stub, address, keys, **self._call_options())
+        except MessengerError as error:
             log.info("event=read.ack_failed replica=%s code=%s", link.address, error.code.name)
-            return f"{error.code.name}: {error}"
+            return Failure.of(error)
         return None
 
     async def fetch(self, address: str) -> ReadReport:
@@ -531,40 +535,24 @@ class AsyncMessenger:
         answered = tuple(link.address for link, (_, err) in zip(self._links, results, strict=True) if err is None)
         if not answered:
             raise _no_replica_answered(failed)
-        return ReadReport(messages=tuple(merged), replicas_answered=answered, replicas_failed=failed)
+        return ReadReport(messages=tuple(merged), replicas_answered=answered, failures=failed)
 
-    async def _peek(self, link: _Link, address: str) -> tuple[list[Message], str | None]:
-        after_seq = 0
+    async def _peek(self, link: _Link, address: str) -> tuple[list[Message], Failure | None]:
         found: list[Message] = []
         try:
-            for _ in range(PAGES_PER_READ_MAX):
-                page = await link.stub.Fetch(
-                    pb.FetchRequest(self_email=address, after_seq=after_seq, limit=self.config.page_size),
-                    **self._call_options(),
-                )
-                found.extend(wire.stored_message_from_pb(m) for m in page.messages)
-                if not page.more:
-                    break
-                after_seq = page.next_after_seq
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
-            return found, f"{error.code.name}: {error}"
+            async for page in pages.fetch_pages(
+                link.stub, address, page_size=self.config.page_size, **self._call_options()
+            ):
+                found.extend(page.messages())
+        except MessengerError as error:
+            return found, Failure.of(error)
         return found, None
 
-    async def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
+    async def ack(self, address: str, keys: Sequence[str]) -> dict[str, Failure | None]:
         """Delete `keys` from `address` on every replica; per replica None or the error."""
         validate_address(address, what="mailbox address")
         self._require_open()
-
-        async def one(link: _Link) -> str | None:
-            try:
-                await link.stub.Ack(pb.AckRequest(self_email=address, keys=list(keys)), **self._call_options())
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                return f"{error.code.name}: {error}"
-            return None
-
-        errors = await asyncio.gather(*(one(link) for link in self._links))
+        errors = await asyncio.gather(*(self._ack_keys(link, address, keys) for link in self._links))
         return {link.address: err for link, err in zip(self._links, errors, strict=True)}
 
     # --- status -------------------------------------------------------------
@@ -577,12 +565,18 @@ class AsyncMessenger:
     async def _status_of(self, link: _Link) -> ReplicaStatus:
         started = time.perf_counter()
         try:
-            info = await link.stub.Info(pb.InfoRequest(), **self._call_options())
-            latency_ms = (time.perf_counter() - started) * 1000
-            health = await link.health.Check(health_pb2.HealthCheckRequest(service=""), **self._call_options())
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
-            return ReplicaStatus(address=link.address, reachable=False, error=f"{error.code.name}: {error}")
+            with map_rpc_errors():
+                info = await link.stub.Info(
+                    wire.info_request(), timeout=self.config.timeout_s, metadata=self.config.call_metadata or None
+                )
+                latency_ms = (time.perf_counter() - started) * 1000
+                health = await link.health.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=self.config.timeout_s,
+                    metadata=self.config.call_metadata or None,
+                )
+        except MessengerError as error:
+            return ReplicaStatus(address=link.address, reachable=False, failure=Failure.of(error))
         return ReplicaStatus(
             address=link.address,
             reachable=True,
@@ -601,6 +595,24 @@ class AsyncMessenger:
         if self._closed:
             raise RuntimeError("this messenger is closed")
         self.connect()
+
+    # --- push ----------------------------------------------------------------
+
+    def subscribe(self, address: str, *, options: SubscribeOptions | None = None) -> Subscription:
+        """Follow `address` on every replica: each new message once, stored and acked as `receive()` does.
+
+        Use as `async with m.subscribe(a) as sub: async for message in sub: ...`; see
+        client/subscribe.py. Close the subscription before the messenger.
+        """
+        self._require_open()
+        return Subscription(
+            address=address,
+            replicas=[ReplicaStream(link.address, link.stub) for link in self._links],
+            inbox=self.inbox,
+            metadata=self.config.call_metadata,
+            call_timeout_s=self.config.timeout_s,
+            options=options,
+        )
 
 
 class _Tally:
@@ -643,22 +655,15 @@ class _Tally:
         return SendReport(key=self.key, write_quorum=self.write_quorum, replicas=outcomes)
 
 
-def _no_replica_answered(failed: tuple[tuple[str, str], ...]) -> MessengerError:
-    """Unavailable, unless every replica refused for one same reason: then that refusal itself."""
-    reasons = {error for _, error in failed}
-    if len(reasons) == 1:
-        code_name, _, details = next(iter(reasons)).partition(": ")
-        code = grpc.StatusCode.__members__.get(code_name)
-        if code in _FINAL_REFUSALS:
-            return from_status(code, details)
-    return Unavailable("no replica answered: " + "; ".join(f"{a}: {e}" for a, e in failed))
+def _no_replica_answered(failed: tuple[tuple[str, Failure], ...]) -> MessengerError:
+    """Unavailable, unless every replica refused for one same final reason: then that refusal itself."""
+    reasons = {failure for _, failure in failed}
+    if len(reasons) == 1 and (only := next(iter(reasons))).final:
+        return only.to_error()
+    return Unavailable("no replica answered: " + "; ".join(f"{a}: {f}" for a, f in failed))
 
 
-_FINAL_REFUSALS = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-)
+_NO_ANSWER_YET = Failure(Status.DEADLINE_EXCEEDED, "no answer yet when the send returned")
 
 
 def merge_unique(batches: Iterable[Iterable[Message]]) -> list[Message]:
@@ -679,13 +684,11 @@ def _raise_for(report: SendReport) -> None:
     states = [r.state for r in report.replicas]
     if ReplicaState.CONFLICT in states:
         raise KeyConflict(f"key {report.key} is already stored with different content")
-    rejected = [r for r in report.replicas if r.state is ReplicaState.REJECTED]
-    if rejected and len(rejected) == len(report.replicas):
-        raise InvalidInput(rejected[0].error)
-    denied = [r for r in report.replicas if r.state is ReplicaState.DENIED]
-    if denied and len(denied) == len(report.replicas):
-        code_name, _, details = denied[0].error.partition(": ")
-        raise from_status(grpc.StatusCode[code_name], details)
+    for refusal in (ReplicaState.REJECTED, ReplicaState.DENIED):
+        # every replica refused it for good: raise that refusal itself
+        refused = [r.failure for r in report.replicas if r.state is refusal and r.failure is not None]
+        if refused and len(refused) == len(report.replicas):
+            raise refused[0].to_error()
     detail = "; ".join(f"{r.replica}: {r.state.value} {r.error}".strip() for r in report.replicas)
     raise QuorumNotReached(
         f"stored on {report.acknowledged} of {len(report.replicas)} replicas, needed {report.write_quorum}: {detail}",

@@ -109,6 +109,19 @@ class LocalInbox:
                 raise
         return [_message(owner, row) for row in rows]
 
+    def mark_unshown(self, owner: str, keys: Sequence[str]) -> None:
+        """Mark `keys` as not shown again: taken by a reader that stopped before handing them out."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "UPDATE inbox SET shown = 0 WHERE owner = ? AND msg_key = ?", [(owner, key) for key in keys]
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     def history(self, owner: str, *, limit: int = 1000) -> list[Message]:
         """The most recent `limit` delivered messages of `owner`, oldest first."""
         with self._lock:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from grpc_messenger.errors import Failure
 from grpc_messenger.model import Message
 
 OUTBOX_FILE = "outbox.sqlite3"
@@ -96,8 +97,8 @@ class Outbox:
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def owe(self, deliveries: Sequence[tuple[Message, str, str]], *, due_in_ms: int = 0) -> None:
-        """Record (message, replica, error) deliveries as owed, first due after `due_in_ms`; one transaction."""
+    def owe(self, deliveries: Sequence[tuple[Message, str, Failure]], *, due_in_ms: int = 0) -> None:
+        """Record (message, replica, why) deliveries as owed, first due after `due_in_ms`; one transaction."""
         now = self._clock_ms()
         due = now + due_in_ms
 
@@ -106,8 +107,8 @@ class Outbox:
                 f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0)"
                 " ON CONFLICT DO UPDATE SET last_error = excluded.last_error",
                 [
-                    (m.key, m.recipient, replica, m.sender, m.body, m.created_unix_ms, m.legacy_id, now, due, error)
-                    for m, replica, error in deliveries
+                    (m.key, m.recipient, replica, m.sender, m.body, m.created_unix_ms, m.legacy_id, now, due, str(why))
+                    for m, replica, why in deliveries
                 ],
             )
 
@@ -121,11 +122,11 @@ class Outbox:
             )
         )
 
-    def retry_later(self, deliveries: Sequence[OwedDelivery], *, error: str) -> None:
-        """Count a failed attempt and schedule the next one with backoff."""
+    def retry_later(self, deliveries: Sequence[OwedDelivery], *, failure: Failure) -> None:
+        """Count a failed attempt and schedule the next one with backoff (`failure` kept for display)."""
         now = self._clock_ms()
         rows = [
-            (error, now + backoff_ms(d.attempts, rng=self._rng), d.message.key, d.message.recipient, d.replica)
+            (str(failure), now + backoff_ms(d.attempts, rng=self._rng), d.message.key, d.message.recipient, d.replica)
             for d in deliveries
         ]
         self._transaction(
@@ -170,6 +171,19 @@ class Outbox:
                 "SELECT count(*) - coalesce(sum(expired), 0), coalesce(sum(expired), 0) FROM outbox"
             ).fetchone()
         return int(owed), int(expired)
+
+    def drop(self, *, key: str | None = None, replica: str | None = None) -> int:
+        """Forget owed deliveries on purpose (of message `key`, or to `replica`, or both); return how many.
+
+        For deliveries that can never succeed, e.g. to a replica taken out of service.
+        """
+        assert key is not None or replica is not None, "drop needs a key or a replica"
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM outbox WHERE (? IS NULL OR msg_key = ?) AND (? IS NULL OR replica = ?)",
+                (key, key, replica, replica),
+            )
+        return cursor.rowcount
 
     def close(self) -> None:
         """Close the file."""

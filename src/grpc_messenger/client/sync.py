@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.client.outbox import OwedDelivery
+from grpc_messenger.client.subscribe import BlockingSubscription, SubscribeOptions, Subscription
 from grpc_messenger.config import ClientConfig
+from grpc_messenger.errors import Failure
 from grpc_messenger.model import Draft, ReadReport, ReplicaStatus, SendReport
 
 T = TypeVar("T")
@@ -66,7 +68,7 @@ class Messenger:
         """See AsyncMessenger.fetch."""
         return self._run(self._core.fetch(address))
 
-    def ack(self, address: str, keys: Sequence[str]) -> dict[str, str | None]:
+    def ack(self, address: str, keys: Sequence[str]) -> dict[str, Failure | None]:
         """See AsyncMessenger.ack."""
         return self._run(self._core.ack(address, keys))
 
@@ -104,3 +106,11 @@ class Messenger:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def subscribe(self, address: str, *, options: SubscribeOptions | None = None) -> BlockingSubscription:
+        """See AsyncMessenger.subscribe: a plain iterator; use as `with m.subscribe(a) as sub: for m in sub: ...`."""
+        subscription = self._run(self._subscribe(address, options))
+        return BlockingSubscription(subscription, self._run)
+
+    async def _subscribe(self, address: str, options: SubscribeOptions | None) -> Subscription:
+        return self._core.subscribe(address, options=options)

@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,10 @@ class TokenVerifier:
             if len(self._cache) > self.CACHE_MAX:
                 self._cache.popitem(last=False)
         if self._clock_s() >= identity.expires_unix_s:
-            raise Unauthenticated(f"expired token: it expired at unix time {identity.expires_unix_s}")
+            when = datetime.fromtimestamp(identity.expires_unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise Unauthenticated(
+                f"expired token: it expired at {when} (unix time {identity.expires_unix_s}); issue a new one"
+            )
         return identity
 
     def _verify_signature_and_claims(self, token: str) -> Identity:

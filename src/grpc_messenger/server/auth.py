@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from grpc_messenger.errors import MessengerError, PermissionDenied, Unauthenticated
+from grpc_messenger.grpc_errors import to_grpc
 from grpc_messenger.model import normalize_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.security.tokens import Identity, Role, TokenVerifier, bearer_token
@@ -109,7 +110,7 @@ def _client_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str, error: MessengerError) -> None:
     log.info("event=auth.refused method=%s code=%s", method.rpartition("/")[2], error.code.name)
-    await context.abort(error.code, str(error))
+    await context.abort(to_grpc(error.code), str(error))
 
 
 async def _refuse_rate(context: grpc.aio.ServicerContext[Any, Any], method: str, wait_ms: int, rate: float) -> None:

@@ -57,6 +57,17 @@ class ReplicaMetrics:
         self.stored = Gauge("messenger_store_messages", "Messages queued in the store", registry=self.registry)
         self.mailboxes = Gauge("messenger_store_mailboxes", "Mailboxes with queued messages", registry=self.registry)
         self.tombstones = Gauge("messenger_store_tombstones", "Tombstones kept", registry=self.registry)
+        self.disk_full = Gauge(
+            "messenger_store_disk_full",
+            "1 while writes are refused because the data directory has no space left",
+            registry=self.registry,
+        )
+        self.disk_free_bytes = Gauge(
+            "messenger_store_disk_free_bytes", "Free bytes on the data directory's file system", registry=self.registry
+        )
+        self.store_bytes = Gauge(
+            "messenger_store_bytes", "Bytes the store takes on disk (file, WAL, shm)", registry=self.registry
+        )
         self._http: Any = None
 
     def observe_store(self, counts: StoreCounts) -> None:
@@ -64,6 +75,12 @@ class ReplicaMetrics:
         self.stored.set(counts.messages)
         self.mailboxes.set(counts.mailboxes)
         self.tombstones.set(counts.tombstones)
+
+    def observe_disk(self, *, full: bool, free_bytes: int, store_bytes: int) -> None:
+        """Refresh the disk gauges."""
+        self.disk_full.set(1 if full else 0)
+        self.disk_free_bytes.set(free_bytes)
+        self.store_bytes.set(store_bytes)
 
     def serve(self, address: str) -> int:
         """Serve /metrics on `address` (host:port, port 0 for any); return the port."""

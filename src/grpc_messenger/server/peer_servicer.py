@@ -37,12 +37,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     ) -> pb.DigestsResponse:
         limit = _limit(request.limit, DIGESTS_PAGE_MAX)
         found = await self._store.digests(after_mailbox=request.after_mailbox, limit=limit + 1)
-        return pb.DigestsResponse(
-            mailboxes=[
-                pb.MailboxDigest(mailbox=d.mailbox, digest=d.digest, messages=d.messages, tombstones=d.tombstones)
-                for d in found[:limit]
-            ],
-            more=len(found) > limit,
+        return wire.digests_response(
+            ((d.mailbox, d.digest, d.messages, d.tombstones) for d in found[:limit]), more=len(found) > limit
         )
 
     @guarded
@@ -52,11 +48,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         mailbox = mailbox_of(request.mailbox)
         limit = _limit(request.limit, KEYS_PAGE_MAX)
         states = await self._store.key_states(mailbox, after_key=request.after_key, limit=limit + 1)
-        return pb.MailboxKeysResponse(
-            keys=[
-                pb.KeyState(key=k.key, tombstone=k.tombstone, deleted_unix_ms=k.deleted_unix_ms) for k in states[:limit]
-            ],
-            more=len(states) > limit,
+        return wire.keys_response(
+            ((k.key, k.tombstone, k.deleted_unix_ms) for k in states[:limit]), more=len(states) > limit
         )
 
     @guarded

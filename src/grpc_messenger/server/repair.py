@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -93,6 +93,8 @@ class Repairer:
         self._stubs = {peer: pb_grpc.ReplicaServiceStub(ch) for peer, ch in self._channels.items()}
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
+        # peer -> monotonic time its rounds began failing: logs say when a peer is lost and back, not every round
+        self._down_since_s: dict[str, float] = {}
 
     def start(self) -> None:
         """Begin periodic rounds in the background."""
@@ -123,18 +125,25 @@ class Repairer:
                 await self._repair_mailbox(peer, mailbox, stats)
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
-            log.info("event=repair.peer_failed peer=%s code=%s", peer, code)
+            if peer not in self._down_since_s:
+                self._down_since_s[peer] = started
+                log.warning("event=repair.peer_lost peer=%s code=%s", peer, code)
+            else:
+                log.debug("event=repair.peer_failed peer=%s code=%s", peer, code)
             result = "failed"
         else:
             result = "ok"
+            down_since_s = self._down_since_s.pop(peer, None)
+            if down_since_s is not None:
+                log.info("event=repair.peer_back peer=%s down_s=%.1f", peer, started - down_since_s)
         if self._metrics is not None:
             self._metrics.repair_rounds.labels(result).inc()
             self._metrics.repair.labels("pulled").inc(stats.pulled)
             self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
             self._metrics.repair.labels("rejected").inc(stats.rejected)
-        if stats.differing or stats.pulled or stats.tombstoned:
+        if stats.pulled or stats.tombstoned or stats.rejected:
             log.info(
-                "event=repair.round peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
+                "event=repair.repaired peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
                 peer, stats.compared, stats.differing, stats.pulled, stats.tombstoned, stats.rejected,
                 (time.monotonic() - started) * 1000,
             )  # fmt: skip
@@ -180,15 +189,15 @@ class Repairer:
         # a peer of an earlier version may name a mailbox in capitals: ours is normalized
         local = normalize_address(mailbox)
         ours = await self._local_states(local)
-        # tombstones win: theirs delete our queued copy; our own tombstones stay as they are.
-        # One past its grace period is being purged everywhere: copying it back would
-        # only hand it around between purges. (The grace period must outlast any
-        # replica's absence, or a replica away longer could bring the message back.)
+        # Tombstones win: theirs delete our queued copy, however old (a replica back from
+        # a long absence must not keep serving what was acked meanwhile). One past its
+        # grace period for a key we do not hold at all is being purged: copying it would
+        # only hand it around between purges, and no copy here can come back.
         purge_cutoff_ms = int(time.time() * 1000) - self._tombstone_grace_ms
         tombstones = [
             (k.key, k.deleted_unix_ms)
             for k in theirs
-            if k.tombstone and ours.get(k.key) is not True and k.deleted_unix_ms >= purge_cutoff_ms
+            if k.tombstone and ours.get(k.key) is not True and (k.key in ours or k.deleted_unix_ms >= purge_cutoff_ms)
         ]
         missing = [k.key for k in theirs if not k.tombstone and k.key not in ours]
         if tombstones:
@@ -219,6 +228,38 @@ class Repairer:
                 stats.pulled += len(messages)
                 if self._on_stored is not None and PutOutcome.STORED in outcomes:
                     self._on_stored((local,))
+
+    async def held_queued_by_a_peer(self, mailbox: str, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` some peer may still hold queued: held so, or the peer did not answer.
+
+        A tombstone can go once this is empty for it: every peer holds the tombstone or
+        nothing (a peer that purged it already, or never had the key), so no copy is
+        left anywhere to come back.
+        """
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        last = max(wanted)
+        held: set[str] = set()
+        for peer, stub in self._stubs.items():
+            after = ""
+            try:
+                for _ in range(KEY_PAGES_MAX):
+                    page = await stub.MailboxKeys(
+                        pb.MailboxKeysRequest(mailbox=mailbox, after_key=after, limit=KEY_PAGE),
+                        timeout=self._timeout_s,
+                    )
+                    held.update(k.key for k in page.keys if not k.tombstone and k.key in wanted)
+                    if not page.more or not page.keys or page.keys[-1].key >= last:
+                        break
+                    after = page.keys[-1].key
+                else:
+                    return wanted  # the walk hit its bound: nothing is confirmed
+            except grpc.RpcError as exc:
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
+                log.info("event=tombstones.peer_unconfirmed peer=%s code=%s", peer, code)
+                return wanted
+        return held
 
     async def _local_states(self, mailbox: str) -> dict[str, bool]:
         states: dict[str, bool] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -15,9 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_messenger._version import __version__
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
+from grpc_messenger.ready import ReadyRecord
 from grpc_messenger.security import tls
 from grpc_messenger.security.exposure import check_exposure
 from grpc_messenger.security.peer import ChannelFactory, peer_channel_factory
@@ -27,15 +28,20 @@ from grpc_messenger.server.limits import RateLimiter, request_bytes_max
 from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
+from grpc_messenger.server.scrub import Scrubber
 from grpc_messenger.server.servicer import MessengerServicer, add_to_server
-from grpc_messenger.store import MemoryStore, SqliteStore, Store
+from grpc_messenger.server.tombstones import purge_confirmed
+from grpc_messenger.store import MemoryStore, SqliteStore, Store, diskspace
 from grpc_messenger.store.base import Quota
+from grpc_messenger.store.maintenance import STORE_FILE, DataDirLock
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessengerService"].full_name
 REPLICA_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReplicaService"].full_name
-STORE_FILE = "replica.sqlite3"
+# A health-service name of its own for writes: NOT_SERVING while the disk is full,
+# while the replica as a whole ("" and SERVICE_NAME) still serves reads and stays SERVING.
+WRITES_HEALTH_NAME = f"{SERVICE_NAME}/writes"
 PURGE_CHUNK = 10_000
 PURGE_CHUNKS_MAX = 100
 GAUGE_INTERVAL_S = 2.0
@@ -108,6 +114,11 @@ class Replica:
             if config.tls_cert is not None and config.tls_key is not None
             else None
         )
+        # one process per data directory: a second replica, or `admin compact`, is refused
+        self._lock = DataDirLock(config.data_dir) if config.store == "sqlite" else None
+        if self._lock is not None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
         self.store = open_store(config)
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
@@ -130,6 +141,11 @@ class Replica:
         add_to_server(servicer, self._server, "MessengerService")
         add_to_server(ReplicaServicer(self.store), self._server, "ReplicaService")
         self._housekeeper: asyncio.Task[None] | None = None
+        self._scrubber = Scrubber(
+            self.store, rows_per_s=config.scrub_rows_per_s, pass_interval_s=config.scrub_interval_s
+        )
+        self._disk_full = False
+        self._stopping = False
         self._repairer: Repairer | None = None
         if config.peers:
             self._repairer = Repairer(
@@ -174,6 +190,7 @@ class Replica:
         if self._repairer is not None:
             self._repairer.start()
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
+        self._scrubber.start()
         log.info(
             "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
             self.store.replica_id,
@@ -186,7 +203,18 @@ class Replica:
             self.config.tls_client_ca is not None,
         )
         if self.config.ready_file is not None:
-            _write_ready_file(self.config.ready_file, self.addresses, self.store.replica_id, self.metrics_address)
+            self.ready_record().write(self.config.ready_file)
+
+    def ready_record(self) -> ReadyRecord:
+        """What this replica tells its launcher once it serves."""
+        return ReadyRecord(
+            addresses=tuple(self.addresses),
+            pid=os.getpid(),
+            replica_id=self.store.replica_id,
+            metrics_address=self.metrics_address,
+            store=self.store.kind,
+            version=__version__,
+        )
 
     async def _housekeeping(self) -> None:
         """Refresh the store gauges; forget tombstones older than the grace period, in bounded chunks."""
@@ -196,27 +224,42 @@ class Replica:
             await asyncio.sleep(min(GAUGE_INTERVAL_S, purge_every_s))
             try:
                 self.metrics.observe_store(await self.store.counts())
+                await self._observe_disk()
                 if time.monotonic() - last_purge >= purge_every_s:
                     last_purge = time.monotonic()
                     await self._purge_tombstones()
             except StoreError as exc:
                 log.error("event=housekeeping.failed error=%r", str(exc))
 
+    async def _observe_disk(self) -> None:
+        """Gauges for the data directory, and the writes health status while the disk is full."""
+        if not isinstance(self.store, SqliteStore):
+            return
+        full = self.store.disk_full
+        free = await asyncio.to_thread(diskspace.free_bytes, self.store.path.parent)
+        size = await asyncio.to_thread(diskspace.bytes_on_disk, self.store.path)
+        self.metrics.observe_disk(full=full, free_bytes=free, store_bytes=size)
+        if full != self._disk_full:
+            self._disk_full = full
+            level = logging.ERROR if full else logging.INFO
+            log.log(level, "event=store.disk_%s free_bytes=%d store_bytes=%d", "full" if full else "ok", free, size)
+            await self._health.set(WRITES_HEALTH_NAME, _health_status(not full and not self._stopping))
+
     async def _purge_tombstones(self) -> None:
         cutoff_ms = int(time.time() * 1000) - int(self.config.tombstone_grace_s * 1000)
-        purged = 0
-        for _ in range(PURGE_CHUNKS_MAX):
-            n = await self.store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
-            purged += n
-            if n < PURGE_CHUNK:
-                break
-        if purged:
-            log.info("event=tombstones.purged n=%d", purged)
+        await purge_confirmed(
+            self.store,
+            deleted_before_ms=cutoff_ms,
+            held_elsewhere=self._repairer.held_queued_by_a_peer if self._repairer is not None else None,
+            chunk=PURGE_CHUNK,
+            chunks_max=PURGE_CHUNKS_MAX,
+        )
 
     async def _set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._stopping = not serving
         for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
+            await self._health.set(name, _health_status(serving))
+        await self._health.set(WRITES_HEALTH_NAME, _health_status(serving and not self._disk_full))
 
     async def stop(self) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
@@ -224,12 +267,15 @@ class Replica:
         await self._set_serving(False)
         if self._repairer is not None:
             await self._repairer.stop()
+        await self._scrubber.stop()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.gather(self._housekeeper, return_exceptions=True)
         await self._server.stop(self.config.grace_s)
         self.metrics.close()
         await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("event=replica.stopped replica=%s", self.store.replica_id)
 
     async def wait(self) -> None:
@@ -237,12 +283,8 @@ class Replica:
         await self._server.wait_for_termination()
 
 
-def _write_ready_file(path: Path, addresses: list[str], replica_id: str, metrics: str | None) -> None:
-    # write then rename, so a reader never sees half a file
-    tmp = path.with_suffix(".tmp")
-    ready = {"addresses": addresses, "replica_id": replica_id, "pid": os.getpid(), "metrics": metrics}
-    tmp.write_text(json.dumps(ready))
-    tmp.replace(path)
+def _health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def run_replica(config: ServerConfig) -> None:

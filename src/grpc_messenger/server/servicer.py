@@ -21,6 +21,7 @@ from grpc_messenger import wire
 from grpc_messenger._version import __version__
 from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError, ResourceExhausted
+from grpc_messenger.grpc_errors import to_grpc
 from grpc_messenger.model import normalize_address, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
@@ -54,7 +55,7 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await handler(self, request, context)
         except MessengerError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(to_grpc(exc.code), str(exc))
         except Exception:
             log.exception("event=rpc.internal_error method=%s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in replica; see its log")
@@ -138,7 +139,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         if code == STORED:
             self.signals.notify((mailbox,))
         outcome = OUTCOME_OF_CODE[code]
-        return pb.SendResponse(success=True, debug_message=outcome.value, outcome=wire.outcome_to_pb(outcome), key=key)
+        return wire.send_response(outcome, key)
 
     @guarded
     async def SendBatch(self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -206,7 +207,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             raise InvalidInput(f"ack has {len(request.keys)} keys; the limit is {self._config.ack_keys_max}")
         keys = [validate_key(key) for key in request.keys]
         deleted = await self._store.ack(mailbox, keys)
-        return pb.AckResponse(deleted=deleted)
+        return wire.ack_response(deleted)
 
     @guarded
     async def ReceiveAll(self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -227,7 +228,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             with self.signals.listen(mailbox) as wake:
                 await self._stream(mailbox, request.after_seq, wake, context)
         except MessengerError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(to_grpc(exc.code), str(exc))
         except TimeoutError:
             log.info("event=subscribe.slow_client_dropped")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream dropped: the client did not read in time")
@@ -265,7 +266,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     @guarded
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:
         counts = await self._store.counts()
-        return pb.InfoResponse(
+        return wire.info_response(
             replica_id=self._store.replica_id,
             version=__version__,
             store=self._store.kind,

@@ -130,6 +130,25 @@ class KeyState:
     deleted_unix_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ScrubPage:
+    """One step of a scrub: rows checked after a position, damaged ones moved aside."""
+
+    next_after_seq: int
+    checked: int
+    moved_aside: int
+    done: bool  # no rows after next_after_seq: the pass is over
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TombstoneRef:
+    """One tombstone, in purge order: oldest deletion first."""
+
+    deleted_unix_ms: int
+    mailbox: str
+    key: str
+
+
 def key_hash(mailbox: str, kind: str, key: str) -> int:
     """62-bit hash of one queued key ("m") or tombstone ("t") of a mailbox.
 
@@ -233,6 +252,25 @@ class Store(Protocol):
 
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         """Forget up to `limit` tombstones deleted before the cutoff; return how many."""
+        ...
+
+    async def scrub(self, *, after_seq: int, limit: int) -> ScrubPage:
+        """Check up to `limit` stored rows after `after_seq` against their checksums.
+
+        A row that fails is moved aside (kept for inspection, never served, never
+        handed to a peer, its key no longer counted as held), so repair fetches the
+        good copy from a peer and this replica returns to a full copy.
+        """
+        ...
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        """Up to `limit` tombstones deleted before the cutoff, after `after`, oldest first (purge)."""
+        ...
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        """Forget exactly these tombstones (every peer confirmed them); return how many went."""
         ...
 
     async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:

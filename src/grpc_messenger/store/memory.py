@@ -21,7 +21,9 @@ from grpc_messenger.store.base import (
     PutResult,
     Quota,
     Row,
+    ScrubPage,
     StoreCounts,
+    TombstoneRef,
     WirePage,
     decide,
     key_hash,
@@ -128,6 +130,28 @@ class MemoryStore:
                 del tombs[key]
                 purged += 1
         return purged
+
+    async def scrub(self, *, after_seq: int, limit: int) -> ScrubPage:
+        # values in memory are never damaged: nothing to check, the pass is over at once
+        return ScrubPage(next_after_seq=after_seq, checked=0, moved_aside=0, done=True)
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        found = sorted(
+            TombstoneRef(ms, mailbox, key)
+            for mailbox, tombs in self._tombstones.items()
+            for key, (_, ms) in tombs.items()
+            if ms < deleted_before_ms and (after is None or TombstoneRef(ms, mailbox, key) > after)
+        )
+        return found[:limit]
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        forgotten = 0
+        for t in tombstones:
+            if self._tombstones.get(t.mailbox, {}).pop(t.key, None) is not None:
+                forgotten += 1
+        return forgotten
 
     async def take_wire(self, mailbox: str, *, limit: int, max_bytes: int) -> list[bytes]:
         taken: list[tuple[str, bytes]] = []

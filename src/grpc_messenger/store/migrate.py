@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "4"
 _COPY_CHUNK = 10_000
 
+# Rows that failed their checksum, kept as they were found (raw bytes, no constraints).
+DAMAGED_ROWS = """CREATE TABLE IF NOT EXISTS damaged_rows (
+    seq INTEGER, mailbox BLOB, msg_key BLOB, digest BLOB, body_bytes INTEGER, wire BLOB, checksum BLOB,
+    found_unix_ms INTEGER NOT NULL
+)"""
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -96,6 +102,8 @@ def _from_v3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS tombstones_by_age")
     conn.execute("ALTER TABLE messages RENAME TO messages_v3")
     conn.execute("ALTER TABLE tombstones RENAME TO tombstones_v3")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'damaged_rows'").fetchone():
+        conn.execute("ALTER TABLE damaged_rows RENAME TO damaged_rows_v3")  # kept for inspection, as found
     for statement in _SCHEMA:
         conn.execute(statement)
     damaged, renamed = _copy_messages(conn)
@@ -174,6 +182,14 @@ def _copy_tombstones(conn: sqlite3.Connection) -> bool:
 
 
 def _fill_mailboxes(conn: sqlite3.Connection) -> None:
+    conn.executemany(
+        "INSERT INTO mailboxes (mailbox, messages, body_bytes, tombstones, digest) VALUES (?, ?, ?, ?, ?)",
+        [(mailbox, *box) for mailbox, box in mailbox_state(conn).items()],
+    )
+
+
+def mailbox_state(conn: sqlite3.Connection) -> dict[str, list[int]]:
+    """Per-mailbox [messages, body_bytes, tombstones, digest] computed from the rows (a full scan)."""
     boxes: dict[str, list[int]] = {}
     for mailbox, key, size in conn.execute("SELECT mailbox, msg_key, body_bytes FROM messages"):
         box = boxes.setdefault(mailbox, [0, 0, 0, 0])
@@ -184,7 +200,4 @@ def _fill_mailboxes(conn: sqlite3.Connection) -> None:
         box = boxes.setdefault(mailbox, [0, 0, 0, 0])
         box[2] += 1
         box[3] ^= key_hash(mailbox, "t", key)
-    conn.executemany(
-        "INSERT INTO mailboxes (mailbox, messages, body_bytes, tombstones, digest) VALUES (?, ?, ?, ?, ?)",
-        [(mailbox, *box) for mailbox, box in boxes.items()],
-    )
+    return boxes

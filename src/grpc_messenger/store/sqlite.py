@@ -55,12 +55,15 @@ from grpc_messenger.store.base import (
     PutResult,
     Quota,
     Row,
+    ScrubPage,
     StoreCounts,
+    TombstoneRef,
     WirePage,
     decide,
     key_hash,
     row_checksum,
 )
+from grpc_messenger.store.diskspace import DiskFull, commit_error
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,11 @@ class _Txn:
         self._committed = committed
         self.touched: dict[str, list[int]] = {}
         self.next_seq = next_seq
+
+    def replace_all(self, fresh: dict[str, list[int]]) -> None:
+        """Make `fresh` the whole per-mailbox state (after rows were removed whose fields are not trusted)."""
+        for mailbox in {*self._committed, *self.touched, *fresh}:
+            self.touched[mailbox] = list(fresh.get(mailbox, _EMPTY))
 
     def box(self, mailbox: str) -> list[int]:
         """This commit's copy of a mailbox's state (copied on first touch)."""
@@ -161,6 +169,8 @@ class SqliteStore:
             self._state_digest ^= box[_DIGEST]
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=QUEUE_OPS_MAX)
         self._closed = False
+        # set by a commit that found no space, cleared by the next one that wrote something
+        self.disk_full = False
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
@@ -258,6 +268,7 @@ class SqliteStore:
         conn = self._writer_conn
         txn = _Txn(self._boxes, self._next_seq)
         results: list[Any] = []
+        changes_before = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             i = 0
@@ -274,17 +285,22 @@ class SqliteStore:
                 results.extend(_put_group(conn, txn, ops[i:j]))  # consecutive puts: one executemany
                 i = j
             _save_state(conn, txn, self._next_seq)
+            wrote = conn.total_changes != changes_before
             conn.execute("COMMIT")
         except Exception as exc:
-            if isinstance(exc, sqlite3.Error):
-                log.error("event=store.commit_failed error=%r ops=%d", exc, len(ops))
-            else:
-                log.exception("event=store.commit_failed ops=%d", len(ops))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"commit failed: {exc}")
+            if isinstance(exc, sqlite3.Error):
+                log.error("event=store.commit_failed error=%r ops=%d", exc, len(ops))
+                error: Exception = commit_error(exc, path=self.path)
+                self.disk_full = isinstance(error, DiskFull)
+            else:
+                log.exception("event=store.commit_failed ops=%d", len(ops))
+                error = StoreError(f"commit failed: {exc}")
             return [(False, error)] * len(ops)
         self._merge(txn)
+        if wrote:  # only a commit that wrote something proves there is space again
+            self.disk_full = False
         return [(True, r) for r in results]
 
     def _merge(self, txn: _Txn) -> None:
@@ -363,6 +379,19 @@ class SqliteStore:
     async def purge_tombstones(self, *, deleted_before_ms: int, limit: int) -> int:
         return await self._write(lambda conn, txn: _purge(conn, txn, deleted_before_ms, limit))
 
+    async def scrub(self, *, after_seq: int, limit: int) -> ScrubPage:
+        now_ms = self._clock_ms()
+        return await self._write(lambda conn, txn: _scrub(conn, txn, after_seq, limit, now_ms))
+
+    async def tombstone_candidates(
+        self, *, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+    ) -> list[TombstoneRef]:
+        return await self._read(lambda conn: _tombstone_candidates(conn, deleted_before_ms, after, limit))
+
+    async def forget_tombstones(self, tombstones: Sequence[TombstoneRef]) -> int:
+        items = [(t.mailbox, t.key) for t in tombstones]
+        return await self._write(lambda conn, txn: _forget_tombstones(conn, txn, items))
+
     async def get_queued_wire(self, mailbox: str, keys: Sequence[str]) -> list[bytes]:
         key_list = list(keys)
         return await self._read(lambda conn: _get_queued(conn, mailbox, key_list))
@@ -410,8 +439,8 @@ def _put_group(conn: sqlite3.Connection, txn: _Txn, ops: list[_Op]) -> list[PutR
     quotas: list[Quota | None] = []
     for op in ops:
         assert op.rows is not None
-        rows.extend(op.rows)
-        quotas.extend([op.quota] * len(op.rows))
+        rows += op.rows
+        quotas += [op.quota] * len(op.rows)
     codes = [0] * len(rows)
     details: dict[int, str] = {}
     first_seq = txn.next_seq
@@ -420,34 +449,44 @@ def _put_group(conn: sqlite3.Connection, txn: _Txn, ops: list[_Op]) -> list[PutR
     plain: list[tuple[Any, ...]] = []
     checked: list[tuple[Any, ...]] = []
     fast: list[int] = []
+    box_of = txn.box
+    seq = first_seq - 1
     for i, (mailbox, key, digest, size, data) in enumerate(rows):
-        if mailbox in tight:
+        seq += 1
+        if tight and mailbox in tight:
             continue
         fast.append(i)
-        params = (first_seq + i, mailbox, key, digest, size, data, row_checksum(mailbox, key, digest, size, data))
-        (checked if txn.box(mailbox)[_TOMBS] else plain).append(params)
+        params = (seq, mailbox, key, digest, size, data, row_checksum(mailbox, key, digest, size, data))
+        (checked if box_of(mailbox)[_TOMBS] else plain).append(params)
     before = conn.total_changes
     if plain:
         conn.executemany(_INSERT, plain)
     if checked:
         conn.executemany(_INSERT_UNLESS_TOMBSTONED, checked)
-    present: set[int] | None = None  # None: every fast row went in (the common case)
-    if conn.total_changes - before != len(fast):
+    if conn.total_changes - before == len(fast):  # the common case: every row went in
+        for i in fast:
+            mailbox, key, _, size, _ = rows[i]
+            box = box_of(mailbox)
+            box[_MESSAGES] += 1
+            box[_BYTES] += size
+            box[_DIGEST] ^= key_hash(mailbox, "m", key)
+            codes[i] = STORED
+    else:
         present = {
             seq
             for (seq,) in conn.execute(
                 "SELECT seq FROM messages WHERE seq >= ? AND seq < ?", (first_seq, first_seq + len(rows))
             )
         }
-    for i in fast:
-        mailbox, key, digest, size, _ = rows[i]
-        if present is None or first_seq + i in present:
-            _count_in(txn.box(mailbox), mailbox, key, size)
-            codes[i] = STORED
-        else:
-            outcome = _known_outcome(conn, mailbox, key, digest)
-            assert outcome is not None, "insert skipped a key that is neither stored nor tombstoned"
-            codes[i] = CODE_OF_OUTCOME[outcome]
+        for i in fast:
+            mailbox, key, digest, size, _ = rows[i]
+            if first_seq + i in present:
+                _count_in(box_of(mailbox), mailbox, key, size)
+                codes[i] = STORED
+            else:
+                outcome = _known_outcome(conn, mailbox, key, digest)
+                assert outcome is not None, "insert skipped a key that is neither stored nor tombstoned"
+                codes[i] = CODE_OF_OUTCOME[outcome]
     if tight:
         for i, row in enumerate(rows):
             if row[0] in tight:
@@ -612,8 +651,11 @@ def _purge(conn: sqlite3.Connection, txn: _Txn, deleted_before_ms: int, limit: i
 
 def _intact(mailbox: str, row: tuple[Any, ...]) -> bool:
     _, key, digest, size, data, checksum = row
-    if row_checksum(mailbox, key, digest, size, data) == checksum:
-        return True
+    try:
+        if isinstance(data, bytes) and row_checksum(mailbox, key, digest, size, data) == checksum:
+            return True
+    except (TypeError, ValueError):  # a damaged column may not even have its type
+        pass
     log.error("event=store.damaged_row seq=%d", row[0])
     return False
 
@@ -687,3 +729,50 @@ def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list
     }
     # a damaged copy must not spread
     return [found[key][4] for key in dict.fromkeys(keys) if key in found and _intact(mailbox, found[key])]
+
+
+def _tombstone_candidates(
+    conn: sqlite3.Connection, deleted_before_ms: int, after: TombstoneRef | None, limit: int
+) -> list[TombstoneRef]:
+    start = (after.deleted_unix_ms, after.mailbox, after.key) if after else (-1, "", "")
+    rows = conn.execute(
+        "SELECT deleted_unix_ms, mailbox, msg_key FROM tombstones"
+        " WHERE deleted_unix_ms < ? AND (deleted_unix_ms, mailbox, msg_key) > (?, ?, ?)"
+        " ORDER BY deleted_unix_ms, mailbox, msg_key LIMIT ?",
+        (deleted_before_ms, *start, limit),
+    ).fetchall()
+    return [TombstoneRef(*row) for row in rows]
+
+
+def _forget_tombstones(conn: sqlite3.Connection, txn: _Txn, items: list[tuple[str, str]]) -> int:
+    forgotten = 0
+    for mailbox, key in dict.fromkeys(items):
+        if conn.execute("DELETE FROM tombstones WHERE mailbox = ? AND msg_key = ?", (mailbox, key)).rowcount:
+            box = txn.box(mailbox)
+            box[_TOMBS] -= 1
+            box[_DIGEST] ^= key_hash(mailbox, "t", key)
+            forgotten += 1
+    return forgotten
+
+
+def _scrub(conn: sqlite3.Connection, txn: _Txn, after_seq: int, limit: int, now_ms: int) -> ScrubPage:
+    rows = conn.execute(
+        f"SELECT mailbox, {_ROW_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+    ).fetchall()
+    if not rows:
+        return ScrubPage(next_after_seq=after_seq, checked=0, moved_aside=0, done=True)
+    damaged = [(row[1],) for row in rows if not _intact(row[0], row[1:])]
+    if damaged:
+        conn.execute(migrate.DAMAGED_ROWS)
+        conn.executemany(
+            "INSERT INTO damaged_rows SELECT seq, CAST(mailbox AS BLOB), CAST(msg_key AS BLOB), CAST(digest AS BLOB),"
+            f" body_bytes, CAST(wire AS BLOB), CAST(checksum AS BLOB), {now_ms:d} FROM messages WHERE seq = ?",
+            damaged,
+        )
+        conn.executemany("DELETE FROM messages WHERE seq = ?", damaged)
+        # what a damaged row says (its mailbox, key, size) is not to be trusted: the
+        # per-mailbox state is computed afresh from what is left
+        txn.replace_all(migrate.mailbox_state(conn))
+        log.error("event=store.damaged_rows_moved_aside n=%d", len(damaged))
+    last_seq = rows[-1][1]
+    return ScrubPage(next_after_seq=last_seq, checked=len(rows), moved_aside=len(damaged), done=len(rows) < limit)

@@ -1,0 +1,1 @@
+"""The app's screens: sign-in, inbox (conversations, messages, compose, replicas), help."""

@@ -1,0 +1,161 @@
+"""Push to the reader: `subscribe()` and `messenger watch` on real replicas, through kills and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from grpc_messenger import wire
+from grpc_messenger.client.core import AsyncMessenger
+from grpc_messenger.client.subscribe import SubscribeOptions
+from grpc_messenger.client.sync import Messenger
+from grpc_messenger.config import ClientConfig
+from grpc_messenger.model import Message, build_message, new_key
+from tests.conftest import Cluster, ReplicaFactory, queued_keys, wait_until
+from tests.security_support import stub_for
+
+PUSH_WAIT_S = 10.0
+FAST = SubscribeOptions(backoff_initial_s=0.05, backoff_max_s=0.5)
+
+
+def config(cluster: Cluster, home: Path, **kw: object) -> ClientConfig:
+    return ClientConfig(servers=cluster.servers, data_dir=home, timeout_s=5.0, **kw)  # type: ignore[arg-type]
+
+
+def test_subscribe_yields_each_message_once_from_every_replica(
+    shared_cluster: Cluster, client_home: Path, mailbox: str
+) -> None:
+    """Three replicas push the same message; the reader sees it once, and every replica's copy is acked."""
+
+    async def run() -> list[Message]:
+        async with (
+            AsyncMessenger(config(shared_cluster, client_home, write_quorum=3)) as m,
+            m.subscribe(mailbox, options=FAST) as sub,
+        ):
+            await m.send(sender="ann@example.org", recipient=mailbox, body="hello", settle=True)
+            first = await asyncio.wait_for(anext(sub), PUSH_WAIT_S)
+            await m.send(sender="ann@example.org", recipient=mailbox, body="again", settle=True)
+            second = await asyncio.wait_for(anext(sub), PUSH_WAIT_S)
+            # every replica delivered its copies: nothing may come a second time
+            await asyncio.to_thread(
+                wait_until,
+                lambda: all(not queued_keys(a, mailbox) for a in shared_cluster.servers),
+                timeout_s=PUSH_WAIT_S,
+            )
+            try:
+                extra = await asyncio.wait_for(anext(sub), 0.5)
+            except TimeoutError:
+                return [first, second]
+            return [first, second, extra]
+
+    got = asyncio.run(asyncio.wait_for(run(), 60))
+    assert [m.body for m in got] == ["hello", "again"]
+
+
+def test_subscribe_delivers_what_arrived_before_it_and_never_reshows_a_known_key(
+    shared_cluster: Cluster, client_home: Path, mailbox: str
+) -> None:
+    """Mail queued between a read and the subscription comes first; a key already in the inbox is acked, not shown."""
+    with Messenger(config(shared_cluster, client_home, write_quorum=3)) as m:
+        # already delivered by an earlier read, yet one replica missed that read's ack
+        known = build_message(
+            sender="ann@example.org", recipient=mailbox, body="read before", key=new_key(), created_unix_ms=1
+        )
+        m.inbox.store_new(mailbox, [known])
+        assert [x.key for x in m.inbox.take_unshown(mailbox)] == [known.key]
+        with stub_for(shared_cluster.servers[0]) as stub:
+            stub.Send(wire.message_to_pb(known))
+        assert known.key in queued_keys(shared_cluster.servers[0], mailbox)
+        m.send(sender="ann@example.org", recipient=mailbox, body="between", settle=True)
+        with m.subscribe(mailbox, options=FAST) as sub:
+            first = sub.next(timeout_s=PUSH_WAIT_S)
+            assert first is not None
+            assert first.body == "between"
+            wait_until(lambda: not queued_keys(shared_cluster.servers[0], mailbox), timeout_s=PUSH_WAIT_S)
+            assert sub.next(timeout_s=0.3) is None
+        # closing hands nothing out twice and loses nothing: the inbox holds both, once each
+        assert sorted(x.body for x in m.inbox.history(mailbox)) == ["between", "read before"]
+
+
+def test_watch_prints_a_message_once_while_a_replica_restarts(
+    replica_factory: ReplicaFactory, client_home: Path, tmp_path: Path
+) -> None:
+    """`messenger watch` keeps following through a replica restart and prints a message sent meanwhile once."""
+    cluster = replica_factory.cluster(3)
+    mailbox = "watcher@example.org"
+    env = {**os.environ, "MESSENGER_SERVERS": ",".join(cluster.servers), "MESSENGER_HOME": str(client_home)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "grpc_messenger", "watch", mailbox, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue(maxsize=1000)
+    notes: queue.Queue[str] = queue.Queue(maxsize=1000)
+
+    def pump(stream: object, into: queue.Queue[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.put(line, timeout=PUSH_WAIT_S)
+
+    pumps = [
+        threading.Thread(target=pump, args=(watcher.stdout, lines), daemon=True),
+        threading.Thread(target=pump, args=(watcher.stderr, notes), daemon=True),
+    ]
+    for thread in pumps:
+        thread.start()
+    try:
+        _wait_for_note(notes, "following 3 of 3")
+        victim = cluster.replicas[0]
+        victim.kill()
+        _wait_for_note(notes, "following 2 of 3")
+        sender_home = tmp_path / "sender"
+        with Messenger(ClientConfig(servers=cluster.servers, data_dir=sender_home, timeout_s=3.0)) as m:
+            report = m.send(sender="ann@example.org", recipient=mailbox, body="sent while one was down", settle=True)
+            assert report.acknowledged == 2
+            victim.start()  # same port and data directory
+            # the sender's outbox hands the restarted replica its copy: a third copy to deduplicate
+            wait_until(lambda: m.flush_outbox() == 0, timeout_s=PUSH_WAIT_S, interval_s=0.3)
+        printed = json.loads(lines.get(timeout=PUSH_WAIT_S))
+        assert printed["key"] == report.key
+        assert printed["body"] == "sent while one was down"
+        # every replica's copy, the restarted one's too, reached the watcher and was acked
+        wait_until(lambda: all(not queued_keys(a, mailbox) for a in cluster.servers), timeout_s=PUSH_WAIT_S)
+        _wait_for_note(notes, "following 3 of 3")
+    finally:
+        if watcher.poll() is None:
+            watcher.send_signal(signal.SIGINT)
+        try:
+            watcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait(timeout=10)
+        for thread in pumps:
+            thread.join(timeout=5)
+    rest = []
+    while not lines.empty():
+        rest.append(json.loads(lines.get_nowait()))
+    assert [x["key"] for x in rest] == [], "a message was printed twice"
+
+
+def _wait_for_note(notes: queue.Queue[str], text: str) -> None:
+    deadline = time.monotonic() + PUSH_WAIT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            note = notes.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(note)
+        if text in note:
+            return
+    raise AssertionError(f"watch never said {text!r}; it said {seen!r}")
