@@ -13,6 +13,7 @@ from grpc_messenger.config import ClientConfig, ServerConfig
 from grpc_messenger.errors import (
     DeadlineExceeded,
     Failure,
+    InboxError,
     InvalidInput,
     KeyConflict,
     MessengerError,
@@ -41,6 +42,7 @@ __all__ = [
     "DeadlineExceeded",
     "Draft",
     "Failure",
+    "InboxError",
     "InvalidInput",
     "KeyConflict",
     "LocalInbox",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from grpc_messenger.errors import InboxError
 from grpc_messenger.model import Message, normalize_address
 
 _SCHEMA = """
@@ -51,10 +52,15 @@ class LocalInbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # no file descriptor left, a full disk, a read-only home
+            raise InboxError(
+                f"cannot open the local inbox {self.path} ({exc}); nothing was read or acknowledged"
+            ) from exc
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> LocalInbox:
@@ -91,8 +97,16 @@ class LocalInbox:
                     [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
                 )
                 self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk): a second
+                # ROLLBACK would raise "no transaction is active" and hide the real cause
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise InboxError(
+                        f"the local inbox {self.path} cannot store new messages ({exc}); nothing was"
+                        " acknowledged, so they stay queued on the replicas: free space and read again"
+                    ) from exc
                 raise
         return fresh
 
