@@ -26,17 +26,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger import ServerConfig
-from grpc_messenger.model import MAX_UNIX_MS, content_digest, new_key, validate_address, validate_key
+from grpc_messenger.model import UNIX_MS_MAX, content_digest, new_key, normalize_address, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.server.subscriptions import SubscribeLimits
 from grpc_messenger.store import MemoryStore
+from grpc_messenger.store.base import row_checksum
 from tests import strategies
 from tests.conftest import ReplicaFactory, ReplicaProcess
 from tests.security_support import bearer, integrity_ok, make_keys, read_store, wait_healthy
 
-MAX_BODY_BYTES = 2048
+BODY_BYTES_MAX = 2048
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("FUZZ_SEED", str(random.SystemRandom().randrange(2**32))))
 TYPED_EXAMPLES = 400 * SCALE
@@ -65,7 +66,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     factory = ReplicaFactory(tmp_path_factory.mktemp("fuzz"))
     channel: grpc.Channel | None = None
     try:
-        replica = factory.replica(extra_args=("--max-body-bytes", str(MAX_BODY_BYTES)))
+        replica = factory.replica(extra_args=("--max-body-bytes", str(BODY_BYTES_MAX)))
         channel = grpc.insecure_channel(replica.address)
         c = Campaign(replica, channel, pb_grpc.MessengerServiceStub(channel))
         seed_store(c)
@@ -94,24 +95,27 @@ def assert_replica_sound(c: Campaign) -> None:
     assert c.replica.alive
     assert integrity_ok(c.replica)
     with read_store(c.replica) as conn:
-        rows = conn.execute(
-            "SELECT mailbox, msg_key, sender, body, created_unix_ms, legacy_id, digest FROM messages"
-        ).fetchall()
+        rows = conn.execute("SELECT mailbox, msg_key, digest, body_bytes, wire, checksum FROM messages").fetchall()
         present = {(row[0], row[1]) for row in rows}
         present |= set(conn.execute("SELECT mailbox, msg_key FROM tombstones").fetchall())
-        usage = dict(((m, (n, b)) for m, n, b in conn.execute("SELECT * FROM mailbox_usage").fetchall()))
+        usage = {
+            m: (n, b)
+            for m, n, b in conn.execute("SELECT mailbox, messages, body_bytes FROM mailboxes WHERE messages > 0")
+        }
     expected_usage: dict[str, tuple[int, int]] = {}
-    for mailbox, key, sender, body, created, legacy_id, digest in rows:
-        validate_address(mailbox)
-        validate_address(sender)
-        validate_key(key)
-        assert isinstance(body, str)
-        assert 0 < len(body.encode("utf-8")) <= MAX_BODY_BYTES
-        assert 0 < created <= MAX_UNIX_MS
-        assert legacy_id >= 0
-        assert digest == content_digest(key=key, sender=sender, recipient=mailbox, body=body)
+    for mailbox, key, digest, size, data, checksum in rows:
+        assert checksum == row_checksum(mailbox, key, digest, size, data)
+        stored = pb.SendRequest.FromString(data)
+        assert mailbox == normalize_address(validate_address(stored.dest_email))
+        validate_address(stored.self_email)
+        assert validate_key(key) == stored.key
+        body = stored.msg
+        assert 0 < len(body.encode("utf-8")) == size <= BODY_BYTES_MAX
+        assert 0 < stored.created_unix_ms <= UNIX_MS_MAX
+        assert stored.id >= 0
+        assert digest == content_digest(key=key, sender=stored.self_email, recipient=mailbox, body=body)
         n, b = expected_usage.get(mailbox, (0, 0))
-        expected_usage[mailbox] = (n + 1, b + len(body.encode("utf-8")))
+        expected_usage[mailbox] = (n + 1, b + size)
     assert usage == expected_usage
     assert c.acked, "nothing acknowledged: the check would be empty"
     missing = c.acked - present
@@ -121,12 +125,14 @@ def assert_replica_sound(c: Campaign) -> None:
 def _record(c: Campaign, method: str, request: Any, response: Any) -> None:
     if method == "Send":
         assert response.success
-        c.acked.add((request.dest_email, response.key))
+        c.acked.add((normalize_address(request.dest_email), response.key))
     elif method == "SendBatch":
         assert len(response.results) == len(request.messages)
         for item, result in zip(request.messages, response.results, strict=True):
             if result.outcome in (pb.SEND_OUTCOME_STORED, pb.SEND_OUTCOME_ALREADY_STORED):
-                c.acked.add((item.dest_email, result.key))
+                # the reply says the key only where the client may not know it
+                assert result.key or item.key
+                c.acked.add((normalize_address(item.dest_email), result.key or item.key))
             else:
                 assert result.outcome in (pb.SEND_OUTCOME_REJECTED, pb.SEND_OUTCOME_CONFLICT), result
                 assert result.error or result.outcome == pb.SEND_OUTCOME_CONFLICT
@@ -139,7 +145,7 @@ def _record(c: Campaign, method: str, request: Any, response: Any) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(call=strategies.rpc_calls(max_body_bytes=MAX_BODY_BYTES))
+@given(call=strategies.rpc_calls(body_bytes_max=BODY_BYTES_MAX))
 def test_generated_requests_get_clear_answers(campaign: Campaign, call: tuple[str, Any]) -> None:
     method, request = call
     response, code, details = _attempt(lambda: getattr(campaign.stub, method)(request, timeout=10))
@@ -233,7 +239,7 @@ def test_slow_clients_do_not_starve_others(campaign: Campaign) -> None:
         with pytest.raises(grpc.RpcError) as too_many:
             next(campaign.stub.Subscribe(pb.SubscribeRequest(self_email=mailbox), timeout=10))
         assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        body = "z" * MAX_BODY_BYTES
+        body = "z" * BODY_BYTES_MAX
         started = time.monotonic()
         for i in range(50):  # pushes pile up at the non-readers
             reply = campaign.stub.Send(
@@ -278,7 +284,7 @@ def test_a_subscriber_that_stops_reading_is_dropped() -> None:
             await servicer.Subscribe(pb.SubscribeRequest(self_email="bob@x.org"), context)  # type: ignore[arg-type]
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert servicer._signals.open_streams == 0
+        assert servicer.signals.open_streams == 0
 
     asyncio.run(asyncio.wait_for(run(), timeout=10))
 

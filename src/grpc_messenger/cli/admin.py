@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from grpc_messenger.config import ServerConfig, servers_from_env
+from grpc_messenger.config import DEFAULT_SERVERS, ServerConfig, servers_from_env
 from grpc_messenger.display import escape_control
 from grpc_messenger.errors import StoreError
 from grpc_messenger.server import compaction, probe
@@ -161,7 +161,7 @@ def compact_command(
 
 
 @admin.command("health")
-@click.option("--address", default="127.0.0.1:50051", show_default=True, help="The replica to ask (host:port).")
+@click.option("--address", default=DEFAULT_SERVERS[0], show_default=True, help="The replica to ask (host:port).")
 @click.option(
     "--service",
     default="",
@@ -180,7 +180,7 @@ def compact_command(
     type=click.FloatRange(min=0.1, max=60),
     default=3.0,
     show_default=True,
-    help="Seconds to wait for the answer.",
+    help="Seconds to wait for the health answer.",
 )
 def health_command(address: str, service: str, tls_ca: Path | None, server_name: str | None, timeout_s: float) -> None:
     """Ask a replica's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (container and probe checks)."""

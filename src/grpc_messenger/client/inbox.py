@@ -52,10 +52,15 @@ class LocalInbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # no file descriptor left, a full disk, a read-only home
+            raise InboxError(
+                f"cannot open the local inbox {self.path} ({exc}); nothing was read or acknowledged"
+            ) from exc
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> LocalInbox:
