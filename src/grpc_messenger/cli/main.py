@@ -465,3 +465,7 @@ from grpc_messenger.cli.serve import serve  # noqa: E402
 
 cli.add_command(serve)
 cli.add_command(config_group)
+
+from grpc_messenger.cli.web import web  # noqa: E402
+
+cli.add_command(web)
