@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger import ServerConfig
-from grpc_messenger.model import MAX_UNIX_MS, content_digest, new_key, validate_address, validate_key
+from grpc_messenger.model import UNIX_MS_MAX, content_digest, new_key, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.servicer import MessengerServicer
@@ -36,7 +36,7 @@ from tests import strategies
 from tests.conftest import ReplicaFactory, ReplicaProcess
 from tests.security_support import bearer, integrity_ok, make_keys, read_store, wait_healthy
 
-MAX_BODY_BYTES = 2048
+BODY_BYTES_MAX = 2048
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("FUZZ_SEED", str(random.SystemRandom().randrange(2**32))))
 TYPED_EXAMPLES = 400 * SCALE
@@ -65,7 +65,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     factory = ReplicaFactory(tmp_path_factory.mktemp("fuzz"))
     channel: grpc.Channel | None = None
     try:
-        replica = factory.replica(extra_args=("--max-body-bytes", str(MAX_BODY_BYTES)))
+        replica = factory.replica(extra_args=("--max-body-bytes", str(BODY_BYTES_MAX)))
         channel = grpc.insecure_channel(replica.address)
         c = Campaign(replica, channel, pb_grpc.MessengerServiceStub(channel))
         seed_store(c)
@@ -106,8 +106,8 @@ def assert_replica_sound(c: Campaign) -> None:
         validate_address(sender)
         validate_key(key)
         assert isinstance(body, str)
-        assert 0 < len(body.encode("utf-8")) <= MAX_BODY_BYTES
-        assert 0 < created <= MAX_UNIX_MS
+        assert 0 < len(body.encode("utf-8")) <= BODY_BYTES_MAX
+        assert 0 < created <= UNIX_MS_MAX
         assert legacy_id >= 0
         assert digest == content_digest(key=key, sender=sender, recipient=mailbox, body=body)
         n, b = expected_usage.get(mailbox, (0, 0))
@@ -139,7 +139,7 @@ def _record(c: Campaign, method: str, request: Any, response: Any) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(call=strategies.rpc_calls(max_body_bytes=MAX_BODY_BYTES))
+@given(call=strategies.rpc_calls(body_bytes_max=BODY_BYTES_MAX))
 def test_generated_requests_get_clear_answers(campaign: Campaign, call: tuple[str, Any]) -> None:
     method, request = call
     response, code, details = _attempt(lambda: getattr(campaign.stub, method)(request, timeout=10))
@@ -233,7 +233,7 @@ def test_slow_clients_do_not_starve_others(campaign: Campaign) -> None:
         with pytest.raises(grpc.RpcError) as too_many:
             next(campaign.stub.Subscribe(pb.SubscribeRequest(self_email=mailbox), timeout=10))
         assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        body = "z" * MAX_BODY_BYTES
+        body = "z" * BODY_BYTES_MAX
         started = time.monotonic()
         for i in range(50):  # pushes pile up at the non-readers
             reply = campaign.stub.Send(

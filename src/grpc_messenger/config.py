@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from grpc_messenger.errors import InvalidInput
-from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT
+from grpc_messenger.model import BODY_BYTES_MAX_DEFAULT
 
 DEFAULT_PORTS = (50051, 50052, 50053)
 DEFAULT_SERVERS = tuple(f"127.0.0.1:{port}" for port in DEFAULT_PORTS)
@@ -65,7 +65,9 @@ class ServerConfig:
         help="sqlite: durable (fsync before every acknowledgement); memory: for tests, lost on exit.",
         choices=("sqlite", "memory"),
     )
-    max_body_bytes: int = setting(MAX_BODY_BYTES_DEFAULT, help="Largest message body accepted, in bytes.")
+    body_bytes_max: int = setting(
+        BODY_BYTES_MAX_DEFAULT, help="Largest message body accepted, in bytes.", flag="--max-body-bytes"
+    )
     batch_messages_max: int = setting(1000, help="Most messages one SendBatch may carry.")
     fetch_limit_default: int = setting(500, help="Page size of a Fetch that asks for none.")
     ack_keys_max: int = setting(10_000, help="Most keys one Ack may carry.")
@@ -174,7 +176,7 @@ class ServerConfig:
             raise InvalidInput("tombstone grace period must be at least 1 second")
         if self.store not in ("sqlite", "memory"):
             raise InvalidInput(f"unknown store {self.store!r}; choose sqlite or memory")
-        if not 1 <= self.max_body_bytes <= 1024 * 1024:
+        if not 1 <= self.body_bytes_max <= 1024 * 1024:
             raise InvalidInput("max body size must be between 1 byte and 1 MiB")
         if self.grace_s < 0:
             raise InvalidInput("grace period must not be negative")

@@ -41,7 +41,7 @@ def message_to_pb(message: Message) -> pb.SendRequest:
     )
 
 
-def message_from_pb(request: pb.SendRequest, *, max_body_bytes: int, now_ms: int | None = None) -> Message:
+def message_from_pb(request: pb.SendRequest, *, body_bytes_max: int, now_ms: int | None = None) -> Message:
     """Validate a SendRequest from the network; raise InvalidInput if it is bad."""
     return build_message(
         sender=request.self_email,
@@ -50,7 +50,7 @@ def message_from_pb(request: pb.SendRequest, *, max_body_bytes: int, now_ms: int
         key=request.key,
         created_unix_ms=request.created_unix_ms,
         legacy_id=request.id,
-        max_body_bytes=max_body_bytes,
+        body_bytes_max=body_bytes_max,
         now_ms=now_ms,
     )
 

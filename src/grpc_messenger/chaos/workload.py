@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SENDS_IN_FLIGHT_MAX = 16  # per sender: what lets the client batch
 DRAIN_ROUNDS_MAX = 20
-PAGES_PER_READ_MAX = 200
+READ_PAGES_MAX = 200
 FETCH_PAGE_SIZE = 500
 BODY_PAD_CHARS_MAX = 200
 
@@ -227,7 +227,7 @@ class RawReader(Reader):
         found: list[Message] = []
         try:
             async for page in fetch_pages(
-                stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=self._timeout_s, pages_max=PAGES_PER_READ_MAX
+                stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=self._timeout_s, pages_max=READ_PAGES_MAX
             ):
                 found.extend(page.messages())
         except MessengerError:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from grpc_messenger.config import ServerConfig, servers_from_env
+from grpc_messenger.config import DEFAULT_SERVERS, ServerConfig, servers_from_env
 from grpc_messenger.display import escape_control
 from grpc_messenger.errors import StoreError
 from grpc_messenger.server import compaction, probe
@@ -161,7 +161,7 @@ def compact_command(
 
 
 @admin.command("health")
-@click.option("--address", default="127.0.0.1:50051", show_default=True, help="The replica to ask (host:port).")
+@click.option("--address", default=DEFAULT_SERVERS[0], show_default=True, help="The replica to ask (host:port).")
 @click.option(
     "--service",
     default="",

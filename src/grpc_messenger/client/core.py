@@ -95,9 +95,8 @@ class AsyncMessenger:
                 Outbox.in_dir(self._data_dir()), grace_s=self._outbox_grace_s, deadline_s=config.timeout_s
             )
             self._coalescer.observer = self._handoff
-            links = {link.address: link for link in self._links}
             retries = self._handoff.run_retries(
-                functools.partial(_redeliver, links),
+                self._redeliver,
                 interval_s=config.outbox_interval_s,
                 expiry_s=config.outbox_expiry_s,
                 batch_max=config.batch_messages_max,
@@ -107,6 +106,12 @@ class AsyncMessenger:
                 loop.create_task(self._handoff.run_writer(), name="outbox-writer"),
                 loop.create_task(retries, name="outbox-retries"),
             ]
+
+    async def _redeliver(self, replica: str, messages: Sequence[Message]) -> Failure | None:
+        link = next((link for link in self._links if link.address == replica), None)
+        if link is None:  # no longer configured here: keep it owed for a client that has it
+            return _NOT_CONFIGURED
+        return await link.redeliver(messages)
 
     def _outbox_grace_s(self) -> float:
         # how long an unanswered delivery stays in memory only: a round trip late beyond
@@ -213,37 +218,19 @@ class AsyncMessenger:
         self._require_open()
         if self._handoff is None:
             return 0
-        await self._handoff.write_due(everything=True)
-        links = {link.address: link for link in self._links}
-        await self._handoff.retry(
-            functools.partial(_redeliver, links),
-            all_pending=True,
-            expiry_s=self.config.outbox_expiry_s,
-            batch_max=self.config.batch_messages_max,
+        return await self._handoff.flush(
+            self._redeliver, expiry_s=self.config.outbox_expiry_s, batch_max=self.config.batch_messages_max
         )
-        owed, _ = await asyncio.to_thread(self._handoff.outbox.counts)
-        return owed
 
     async def outbox_owed(self) -> tuple[int, int]:
-        """(deliveries still owed, deliveries expired and reported as under-replicated).
-
-        Owed counts deliveries a replica failed and those still unanswered, on disk or not yet.
-        """
+        """(deliveries still owed, on disk or not yet; deliveries expired and reported as under-replicated)."""
         self._require_open()
-        if self._handoff is None:
-            return (0, 0)
-        await self._handoff.write_due()
-        owed, expired = await asyncio.to_thread(self._handoff.outbox.counts)
-        return owed + self._handoff.unwritten(), expired
+        return (0, 0) if self._handoff is None else await self._handoff.counts()
 
     async def outbox_listing(self, *, limit: int = 1000) -> list[OwedDelivery]:
         """Owed and expired deliveries, oldest first."""
         self._require_open()
-        if self._handoff is None:
-            return []
-        await self._handoff.write_due(everything=True)
-        outbox = self._handoff.outbox
-        return await asyncio.to_thread(lambda: outbox.listing(limit=limit))
+        return [] if self._handoff is None else await self._handoff.listing(limit=limit)
 
     # --- reads --------------------------------------------------------------
 
@@ -341,13 +328,6 @@ class _Entropy:
         start = self._offset
         self._offset = start + self._KEY_BYTES
         return self._buffer[start : self._offset]
-
-
-async def _redeliver(links: dict[str, Link], replica: str, messages: Sequence[Message]) -> Failure | None:
-    link = links.get(replica)
-    if link is None:  # no longer configured here: keep it owed for a client that has it
-        return _NOT_CONFIGURED
-    return await link.redeliver(messages)
 
 
 _NOT_CONFIGURED = Failure(Status.FAILED_PRECONDITION, "replica not configured in this client")

@@ -189,6 +189,27 @@ class HandOff:
                 log.exception("event=outbox.write_failed")
                 await asyncio.sleep(1.0)  # a failing disk is not retried in a tight loop
 
+    # --- what the API reports -------------------------------------------------
+
+    async def counts(self) -> tuple[int, int]:
+        """(deliveries owed, on disk or not yet; deliveries expired)."""
+        await self.write_due()
+        owed, expired = await asyncio.to_thread(self.outbox.counts)
+        return owed + self.unwritten(), expired
+
+    async def listing(self, *, limit: int) -> list[OwedDelivery]:
+        """Owed and expired deliveries, oldest first (everything in memory written first)."""
+        await self.write_due(everything=True)
+        outbox = self.outbox
+        return await asyncio.to_thread(lambda: outbox.listing(limit=limit))
+
+    async def flush(self, redeliver: Redeliver, *, expiry_s: float, batch_max: int) -> int:
+        """Write everything, try every owed delivery once now (ignoring backoff); how many are still owed."""
+        await self.write_due(everything=True)
+        await self.retry(redeliver, all_pending=True, expiry_s=expiry_s, batch_max=batch_max)
+        owed, _ = await asyncio.to_thread(self.outbox.counts)
+        return owed
+
     # --- re-sending ---------------------------------------------------------
 
     async def run_retries(self, redeliver: Redeliver, *, interval_s: float, expiry_s: float, batch_max: int) -> None:

@@ -45,7 +45,7 @@ async def drain(
     seen: dict[str, bool] = {}  # every key met in this drain, on any replica
     pages_read = 0
     stored = 0
-    for _ in range(pages.PAGES_PER_READ_MAX):
+    for _ in range(pages.READ_PAGES_MAX):
         if not active or (stored_max is not None and stored >= stored_max):
             break
         got = await asyncio.gather(*(_fetch(links[i], mailbox, after_seq[i], page_size) for i in active))

@@ -43,7 +43,7 @@ async def purge_expired(
                 interval_s=3600.0,  # never started: only its confirmation question is asked
                 rate_per_s=ServerConfig().repair_rate_per_s,
                 timeout_s=PEER_TIMEOUT_S,
-                max_body_bytes=ServerConfig().max_body_bytes,
+                body_bytes_max=ServerConfig().body_bytes_max,
                 tombstone_grace_s=tombstone_grace_s,
                 channel_factory=peer_channel_factory(token=peer_token, tls_ca=peer_tls_ca),
             )

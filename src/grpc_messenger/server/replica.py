@@ -156,7 +156,7 @@ class Replica:
                 interval_s=config.repair_interval_s,
                 rate_per_s=config.repair_rate_per_s,
                 timeout_s=config.repair_timeout_s,
-                max_body_bytes=config.max_body_bytes,
+                body_bytes_max=config.body_bytes_max,
                 tombstone_grace_s=config.tombstone_grace_s,
                 channel_factory=_peer_channels(config),
                 metrics=self.metrics,

@@ -78,7 +78,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             self._metrics.messages.labels(outcome).inc(n)
 
     def _decode(self, request: pb.SendRequest) -> Message:
-        return wire.message_from_pb(request, max_body_bytes=self._config.max_body_bytes)
+        return wire.message_from_pb(request, body_bytes_max=self._config.body_bytes_max)
 
     async def _put_within_quota(self, messages: list[Message]) -> list[PutOutcome | str]:
         """Store what fits the recipients' quotas; per message its outcome, or why it did not fit."""
@@ -156,7 +156,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         if request.limit < 0:
             raise InvalidInput("limit must not be negative")
         limit = min(request.limit or self._config.fetch_limit_default, FETCH_LIMIT_MAX)
-        page = await self._store.fetch(mailbox, after_seq=request.after_seq, limit=limit, max_bytes=PAGE_BYTES_MAX)
+        page = await self._store.fetch(mailbox, after_seq=request.after_seq, limit=limit, bytes_max=PAGE_BYTES_MAX)
         return pb.FetchResponse(
             messages=[wire.message_to_pb(m) for m in page.messages],
             next_after_seq=page.next_after_seq,
@@ -178,7 +178,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     ) -> pb.InboxResponse:
         mailbox = validate_address(request.self_email, what="mailbox address")
         # Bounded so the answer fits one frame; what is left stays queued for the next call.
-        taken = await self._store.take(mailbox, limit=self._config.receive_all_max, max_bytes=PAGE_BYTES_MAX)
+        taken = await self._store.take(mailbox, limit=self._config.receive_all_max, bytes_max=PAGE_BYTES_MAX)
         return pb.InboxResponse(messages=[wire.message_to_pb(m) for m in taken])
 
     # Written with context.write rather than as a generator, so a write can time out.
@@ -211,7 +211,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         while (left_s := ends_at - time.monotonic()) > 0:
             wake.clear()  # before the read: a put landing during it wakes the next wait
             page = await self._store.fetch(
-                mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, max_bytes=SUBSCRIBE_PAGE_BYTES_MAX
+                mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, bytes_max=SUBSCRIBE_PAGE_BYTES_MAX
             )
             if page.messages or page.next_after_seq != after_seq or first:
                 first = False

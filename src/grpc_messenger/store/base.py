@@ -125,10 +125,10 @@ class Store(Protocol):
         """Store each message once per mailbox; one outcome each, in order."""
         ...
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
         """Up to `limit` queued messages of `mailbox` after position `after_seq`.
 
-        The page stops early once its bodies pass `max_bytes` (always at least one
+        The page stops early once its bodies pass `bytes_max` (always at least one
         message), so a page always fits in one gRPC response.
         """
         ...
@@ -137,7 +137,7 @@ class Store(Protocol):
         """Delete these keys from `mailbox`, leaving tombstones; return how many were queued."""
         ...
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
         """Legacy destructive read: remove and return the oldest queued messages."""
         ...
 

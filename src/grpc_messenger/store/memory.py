@@ -60,7 +60,7 @@ class MemoryStore:
             outcomes.append(outcome)
         return outcomes
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
         assert limit > 0
         page: list[Message] = []
         last = after_seq
@@ -70,7 +70,7 @@ class MemoryStore:
             if seq <= after_seq:
                 continue
             size += len(message.body.encode("utf-8", "surrogatepass"))
-            if len(page) == limit or (page and size > max_bytes):
+            if len(page) == limit or (page and size > bytes_max):
                 more = True
                 break
             page.append(message)
@@ -124,12 +124,12 @@ class MemoryStore:
                 forgotten += 1
         return forgotten
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
         taken: list[Message] = []
         size = 0
         for _, message in self._queued.get(mailbox, {}).values():
             size += len(message.body.encode("utf-8", "surrogatepass"))
-            if len(taken) == limit or (taken and size > max_bytes):
+            if len(taken) == limit or (taken and size > bytes_max):
                 break
             taken.append(message)
         await self.ack(mailbox, [m.key for m in taken])

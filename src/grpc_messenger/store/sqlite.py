@@ -318,13 +318,13 @@ class SqliteStore:
         now_ms = self._clock_ms()
         return await self._write(lambda conn: _ack(conn, mailbox, key_list, now_ms))
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
         now_ms = self._clock_ms()
-        return await self._write(lambda conn: _take(conn, mailbox, limit, max_bytes, now_ms))
+        return await self._write(lambda conn: _take(conn, mailbox, limit, bytes_max, now_ms))
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
         assert limit > 0
-        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, max_bytes))
+        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, bytes_max))
 
     async def counts(self) -> StoreCounts:
         return await self._read(_counts)
@@ -459,14 +459,14 @@ def _purge(conn: sqlite3.Connection, deleted_before_ms: int, limit: int) -> int:
     return cursor.rowcount
 
 
-def _take(conn: sqlite3.Connection, mailbox: str, limit: int, max_bytes: int, now_ms: int) -> list[Message]:
+def _take(conn: sqlite3.Connection, mailbox: str, limit: int, bytes_max: int, now_ms: int) -> list[Message]:
     taken: list[Message] = []
     size = 0
     rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? ORDER BY seq LIMIT ?", (mailbox, limit))
     for row in rows.fetchall():
         _, message, digest = _row_to_message(row)
         size += len(message.body.encode("utf-8", "surrogatepass"))
-        if taken and size > max_bytes:
+        if taken and size > bytes_max:
             break
         if digest != message.digest:
             log.error("event=store.damaged_row mailbox_len=%d", len(mailbox))
@@ -476,7 +476,7 @@ def _take(conn: sqlite3.Connection, mailbox: str, limit: int, max_bytes: int, no
     return taken
 
 
-def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
         (mailbox, after_seq, limit + 1),
@@ -488,7 +488,7 @@ def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, m
     for row in rows[:limit]:
         seq, message, digest = _row_to_message(row)
         size += len(message.body.encode("utf-8", "surrogatepass"))
-        if page and size > max_bytes:
+        if page and size > bytes_max:
             more = True
             break
         last = seq
