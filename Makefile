@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
-## bench: every configuration side by side (under 10 min; QUICK=1: under 90 s)
+## bench: every configuration side by side, as ratios to ceiling, JetStream and the original prototype (QUICK=1: under 90 s)
 bench: $(VENV)/.installed-dev
 	$(BIN)/messenger bench $(if $(QUICK),--quick) --json bench-results/bench.json
 

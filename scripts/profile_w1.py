@@ -33,8 +33,9 @@ from collections import Counter
 from pathlib import Path
 
 from grpc_messenger.bench.cpu import CLIENT, CpuMeter
-from grpc_messenger.bench.procs import Processes, self_pid, start_python_server, wait_ready_file
+from grpc_messenger.bench.procs import Processes, self_pid, start_python_server
 from grpc_messenger.bench.workload import Workload, messenger_sends
+from grpc_messenger.launch import wait_ready
 
 TOP = 25
 
@@ -52,8 +53,7 @@ def _start_replicas(procs: Processes, out: Path, *, cprofile_first: bool) -> tup
             ready = procs.root / f"{name}.ready.json"
             wrapper = [sys.executable, __file__, "--serve-profiled", str(out / f"{name}.pstats"), "--"]
             child = procs.spawn(name, [*wrapper, *serve, "--ready-file", str(ready)])
-            info = wait_ready_file(child, ready)
-            address = str(info["addresses"][0])  # type: ignore[index]
+            address = wait_ready(child.process, ready, name=name, log_path=child.log_path).address
         else:
             child, address = start_python_server(procs, name, ["grpc_messenger", *serve])
         pids.append(child.pid)

@@ -99,20 +99,20 @@ def hostile_keys() -> st.SearchStrategy[str]:
     )
 
 
-def hostile_bodies(*, max_body_bytes: int) -> st.SearchStrategy[str]:
+def hostile_bodies(*, body_bytes_max: int) -> st.SearchStrategy[str]:
     return st.one_of(
         hostile_text(max_size=200),
-        st.just("x" * max_body_bytes),
-        st.just("x" * (max_body_bytes + 1)),
-        st.just("\U0001f600" * (max_body_bytes // 4 + 1)),  # few characters, too many bytes
+        st.just("x" * body_bytes_max),
+        st.just("x" * (body_bytes_max + 1)),
+        st.just("\U0001f600" * (body_bytes_max // 4 + 1)),  # few characters, too many bytes
     )
 
 
-def send_requests(*, max_body_bytes: int) -> st.SearchStrategy[pb.SendRequest]:
+def send_requests(*, body_bytes_max: int) -> st.SearchStrategy[pb.SendRequest]:
     return st.builds(
         pb.SendRequest,
         id=st.integers(*INT32),
-        msg=hostile_bodies(max_body_bytes=max_body_bytes),
+        msg=hostile_bodies(body_bytes_max=body_bytes_max),
         self_email=hostile_addresses(),
         dest_email=hostile_addresses(),
         key=hostile_keys(),
@@ -120,9 +120,9 @@ def send_requests(*, max_body_bytes: int) -> st.SearchStrategy[pb.SendRequest]:
     )
 
 
-def rpc_calls(*, max_body_bytes: int) -> st.SearchStrategy[tuple[str, object]]:
+def rpc_calls(*, body_bytes_max: int) -> st.SearchStrategy[tuple[str, object]]:
     """(method name, request) for every unary RPC of the service."""
-    send = send_requests(max_body_bytes=max_body_bytes)
+    send = send_requests(body_bytes_max=body_bytes_max)
     return st.one_of(
         st.tuples(st.just("Send"), send),
         st.tuples(st.just("SendBatch"), st.builds(pb.SendBatchRequest, messages=st.lists(send, max_size=12))),

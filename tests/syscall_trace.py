@@ -30,7 +30,7 @@ _SENDS = {"sendmsg", "sendto", "write", "writev"}
 _FULL = re.compile(r"^(\d+)\s+([a-z0-9_]+)\((.*)$")
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. ([a-z0-9_]+) resumed>(.*)$")
 _RESULT = re.compile(r"\)\s+=\s+(-?\d+)")
-_FIRST_FD = re.compile(r"^(\d+)[,)]")
+_FIRST_FD = re.compile(r"^(\d+)(?:[,)]|\s*<unfinished)")  # `fdatasync(8 <unfinished ...>` too
 _OPENAT_PATH = re.compile(r'^[A-Z_]+, "((?:[^"\\]|\\.)*)"')
 
 

@@ -89,15 +89,23 @@ def test_backup_under_load_restores_and_repair_brings_the_rest_without_resurrect
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_check_reports_a_damaged_row_and_exits_1(replica_factory: ReplicaFactory, client_home: Path) -> None:
+def test_check_finds_a_damaged_row_and_compact_purges_expired_tombstones_only_when_stopped(
+    replica_factory: ReplicaFactory, client_home: Path
+) -> None:
     replica = replica_factory.replica()
     with Messenger(ClientConfig(servers=(replica.address,), data_dir=client_home)) as m:
-        keys = send(m, KEPT, 20, "check")
-    healthy = messenger("admin", "check", "--data-dir", str(replica.data_dir), "--json")
+        acked = send(m, ACKED_AFTER, 30, "acked")
+        assert len(m.receive(ACKED_AFTER).messages) == 30  # acked: 30 tombstones
+        kept = send(m, KEPT, 20, "check")
+    healthy = messenger("admin", "check", "--data-dir", str(replica.data_dir), "--json")  # live
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert json.loads(healthy.stdout)["rows_checked"] == 20
+    refused = messenger("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1")
+    assert refused.returncode == 1
+    assert "in use" in refused.stderr
+
     assert replica.terminate() == 0
-    victim = sorted(keys)[3]
+    victim = sorted(kept)[3]
     with closing(sqlite3.connect(store_file(replica.data_dir))) as conn, conn:
         conn.execute("UPDATE messages SET wire = CAST(wire || 'tampered' AS BLOB) WHERE msg_key = ?", (victim,))
     damaged = messenger("admin", "check", "--data-dir", str(replica.data_dir), "--json")
@@ -106,22 +114,15 @@ def test_check_reports_a_damaged_row_and_exits_1(replica_factory: ReplicaFactory
     assert report["ok"] is False
     assert [row["key"] for row in report["damaged"]] == [victim]
 
-
-def test_compact_purges_expired_tombstones_and_refuses_a_running_replica(
-    replica_factory: ReplicaFactory, client_home: Path
-) -> None:
-    replica = replica_factory.replica()
-    with Messenger(ClientConfig(servers=(replica.address,), data_dir=client_home)) as m:
-        send(m, KEPT, 50, "compact")
-        assert len(m.receive(KEPT).messages) == 50  # acked: 50 tombstones
-    refused = messenger("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1")
-    assert refused.returncode == 1
-    assert "in use" in refused.stderr
-    assert replica.terminate() == 0
-    time.sleep(1.1)  # the tombstones are older than the 1 s grace now
-    done = messenger("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1", "--json")
+    time.sleep(1.1)  # the tombstones are older than a 1 s grace now
+    # a peer that does not answer confirms nothing: every tombstone stays
+    compact = ("admin", "compact", "--data-dir", str(replica.data_dir), "--tombstone-grace", "1", "--json")
+    unconfirmed = messenger(*compact, "--peer", "127.0.0.1:9")
+    assert unconfirmed.returncode == 0, unconfirmed.stderr
+    assert json.loads(unconfirmed.stdout)["tombstones_purged"] == 0
+    done = messenger(*compact)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["tombstones_purged"] == 50
-    assert messenger("admin", "check", "--data-dir", str(replica.data_dir)).returncode == 0
-    replica.start()  # and the replica starts on the compacted file
-    assert queued_keys(replica.address, KEPT) == set()
+    assert json.loads(done.stdout)["tombstones_purged"] == len(acked)
+    replica.start()  # the replica starts on the compacted file, sets the damaged row aside, serves the rest
+    assert queued_keys(replica.address, KEPT) == kept - {victim}
+    assert queued_keys(replica.address, ACKED_AFTER) == set()

@@ -17,8 +17,8 @@ import pytest
 
 from grpc_messenger.bench import jetstream
 from grpc_messenger.bench.cpu import CpuMeter, CpuPerMessage, cpu_seconds, per_message
-from grpc_messenger.bench.report import verdicts
-from grpc_messenger.bench.suite import Row, percentile_ms
+from grpc_messenger.bench.report import compare_markdown, verdicts
+from grpc_messenger.bench.suite import Row, percentile_ms, row_from_json
 
 QUICK_TIMEOUT_S = 240  # the quick run takes well under 90 s; the bound is for loaded CI machines
 ROWS = {
@@ -78,6 +78,19 @@ def test_cpu_per_message_is_per_process_in_microseconds() -> None:
     assert cpu.server_max_us == pytest.approx(75.0)
     assert cpu.server_total_us == pytest.approx(100.0)
     assert per_message({"client": 1.0}, 0).client_us is None
+
+
+def test_a_saved_row_reads_back_as_it_was_written() -> None:
+    original = row("messenger-w1", 900)
+    assert row_from_json(original.as_json()).as_json() == original.as_json()
+
+
+def test_before_and_after_are_compared_row_by_row() -> None:
+    before = [row("messenger-w1", 900, client_us=80.0, server_us=130.0)]
+    after = [row("messenger-w1", 3000, client_us=35.0, server_us=28.0), row("messenger-w9", 1.0)]
+    table = compare_markdown(before, after, before_label="a", after_label="b")
+    assert "| messenger-w1 | 900 | 3,000 | 80 | 35 | 130 | 28 | 387 | 81 |" in table
+    assert "messenger-w9" not in table  # a row only one run has is not compared
 
 
 def test_cpu_meter_sees_work_done_inside_the_block_only() -> None:

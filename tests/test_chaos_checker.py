@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from grpc_messenger.chaos import SCENARIOS, ChaosConfig, FaultKind, SchedulePlan, check, plan_schedule, schedule_for
 from grpc_messenger.chaos.faults import MANDATORY, NEEDS_SENDER_PROCESSES
+from tests.chaos_support import CI_DATA_LOSS_GAP_S, CI_DURATION_S, CI_SEED
 
 
 def sent(key: str, *, outcome: str = "ok", mailbox: str = "mb@x.org", body: str | None = None) -> list[dict[str, Any]]:
@@ -122,6 +123,20 @@ def test_ci_run_schedule_has_every_required_fault() -> None:
     assert set(MANDATORY) <= kinds, sorted(k.value for k in set(MANDATORY) - kinds)
 
 
-CI_SEED = 5
-CI_DURATION_S = 35.0
-CI_DATA_LOSS_GAP_S = 7.0
+def _read(key: str, created: int, sender: str, read: int) -> dict[str, Any]:
+    return {**shown(key), "created_unix_ms": created, "sender": sender, "read": read}
+
+
+def test_a_read_shown_out_of_creation_order_is_misordered() -> None:
+    history = [*sent("a"), *sent("b"), *sent("c"), _read("a", 5, "s1", 1), _read("b", 3, "s1", 1)]
+    history += [_read("c", 1, "s1", 2)]  # a later read may show older mail: judged per read
+    report = check(history)
+    assert not report.ok
+    assert report.misordered == 1
+
+
+def test_ties_in_creation_time_are_broken_by_sender_then_key() -> None:
+    history = [*sent("a"), *sent("b"), *sent("c"), _read("b", 5, "s1", 1), _read("a", 5, "s2", 1)]
+    history += [_read("c", 5, "s2", 1)]
+    assert check(history).misordered == 0
+    assert check([*sent("a"), *sent("b"), _read("b", 5, "s1", 1), _read("a", 5, "s1", 1)]).misordered == 1

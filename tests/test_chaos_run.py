@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from grpc_messenger.chaos.faults import MANDATORY
 from grpc_messenger.chaos.history import read_history
 from grpc_messenger.cli.main import cli
-from tests.test_chaos_checker import CI_DATA_LOSS_GAP_S, CI_DURATION_S, CI_SEED
+from tests.chaos_support import CI_DATA_LOSS_GAP_S, CI_DURATION_S, CI_SEED
 
 
 @pytest.mark.chaos

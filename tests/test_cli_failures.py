@@ -34,20 +34,25 @@ def test_missing_or_unusable_home_is_one_line_and_exit_4(tmp_path: Path) -> None
         assert no_traceback(done)
 
 
-@pytest.mark.parametrize("name", ["inbox.sqlite3", "outbox.sqlite3"])
-def test_damaged_local_file_is_named_with_the_fix(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("inbox.sqlite3", ("inbox", "b@example.org")),
+        ("outbox.sqlite3", ("send", "--from", ALICE, "--to", "b@example.org", "hi")),
+    ],
+)
+def test_damaged_local_file_is_named_with_the_fix(tmp_path: Path, name: str, args: tuple[str, ...]) -> None:
     home = tmp_path / "home"
     home.mkdir()
     damaged = home / name
     damaged.write_bytes(b"this is not a database " * 200)
-    for args in (("inbox", "b@example.org"), ("send", "--from", ALICE, "--to", "b@example.org", "hi")):
-        done = messenger(*args, servers=("127.0.0.1:1",), home=home)
-        assert done.returncode == 4, done.stderr
-        line = one_error_line(done.stderr)
-        assert str(damaged) in line
-        assert "file is not a database" in line
-        assert f"mv {damaged} {damaged}.damaged" in line
-        assert no_traceback(done)
+    done = messenger(*args, servers=("127.0.0.1:1",), home=home)
+    assert done.returncode == 4, done.stderr
+    line = one_error_line(done.stderr)
+    assert str(damaged) in line
+    assert "file is not a database" in line
+    assert f"mv {damaged} {damaged}.damaged" in line
+    assert no_traceback(done)
 
 
 def test_empty_servers_is_an_error_not_the_default_cluster(client_home: Path) -> None:

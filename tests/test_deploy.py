@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from grpc_messenger.launch import READY_TIMEOUT_S
+from grpc_messenger.launch import ServeProcess
 from tests.test_cli import messenger
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -93,50 +89,50 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def on_loopback(argv: list[str], data_dir: Path) -> list[str]:
-    """The same command line with its host-specific values pointed at this test's loopback and temp dir."""
-    local = list(argv)
-    local[local.index("--listen") + 1] = "127.0.0.1:0"
-    local[local.index("--data-dir") + 1] = str(data_dir)
-    if "--metrics-listen" in local:
-        local[local.index("--metrics-listen") + 1] = "127.0.0.1:0"
-    return local
+def without(argv: list[str], *names: str) -> tuple[str, ...]:
+    """argv less the named options and their values."""
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        else:
+            rest.append(arg)
+    return tuple(rest)
 
 
-@pytest.mark.parametrize("source", ["container", "systemd", "kubernetes"])
-def test_deployed_command_line_starts_a_replica_that_serves_and_drains(source: str, tmp_path: Path) -> None:
-    argv = {"container": container_argv, "systemd": unit_argv, "kubernetes": statefulset_argv}[source]()
-    if argv[0] == "messenger":
-        argv = argv[1:]
-    # the tests start replicas as `messenger serve --listen ... --data-dir ... --grace ...` too
-    assert argv[0] == "serve"
-    for name in ("--listen", "--data-dir", "--grace"):
-        assert name in argv, f"{source} does not pass {name}"
-    ready = tmp_path / "ready.json"
-    local = on_loopback(argv, tmp_path / "data")
-    command = [sys.executable, "-m", "grpc_messenger", *local[:1], "--ready-file", str(ready), *local[1:]]
-    log = tmp_path / "replica.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+def test_deployed_command_lines_start_replicas_that_serve_and_drain(tmp_path: Path) -> None:
+    sources = {"container": container_argv(), "systemd": unit_argv(), "kubernetes": statefulset_argv()}
+    replicas = []
+    for source, argv in sources.items():
+        if argv[0] == "messenger":
+            argv = argv[1:]
+        # the tests start replicas as `messenger serve --listen ... --data-dir ... --grace ...` too
+        assert argv[0] == "serve", source
+        for name in ("--listen", "--data-dir", "--grace"):
+            assert name in argv, f"{source} does not pass {name}"
+        # started as the tests start every replica, with the host-specific values pointed at loopback
+        args = without(argv[1:], "--listen", "--data-dir", "--metrics-listen")
+        if "--metrics-listen" in argv:
+            args = (*args, "--metrics-listen", "127.0.0.1:0")
+        replicas.append(
+            ServeProcess(data_dir=tmp_path / source, name=source, log_path=tmp_path / f"{source}.log", args=args)
+        )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        address = json.loads(ready.read_text())["addresses"][0]
-        health = messenger("admin", "health", "--address", address)
-        assert health.returncode == 0, health.stdout + health.stderr
-        assert health.stdout.strip() == "SERVING"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        for replica in replicas:  # all three start at once
+            replica.spawn()
+        for replica in replicas:
+            ready = replica.wait_ready()
+            health = messenger("admin", "health", "--address", ready.address)
+            assert health.returncode == 0, health.stdout + health.stderr
+            assert health.stdout.strip() == "SERVING"
+        for replica in replicas:
+            assert replica.terminate() == 0, replica.name
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def test_health_command_exits_1_when_nothing_answers() -> None:
-    done = messenger("admin", "health", "--address", "127.0.0.1:9", "--timeout", "0.5")
-    assert done.returncode == 1
-    assert done.stdout.strip() == "UNAVAILABLE"
+        for replica in replicas:
+            replica.kill()
+    nobody = messenger("admin", "health", "--address", replicas[0].address, "--timeout", "0.5")
+    assert nobody.returncode == 1
+    assert nobody.stdout.strip() == "UNAVAILABLE"

@@ -18,12 +18,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpc_messenger.launch import ServeProcess
 from grpc_messenger.model import new_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.replica import SERVICE_NAME, WRITES_HEALTH_NAME
 from tests.conftest import queued_keys, wait_until
-from tests.mountns import mount_namespace_unavailable, spawn_replica, tmpfs_prefix
+from tests.mountns import mount_namespace_unavailable, tmpfs_prefix
 from tests.test_metrics import scrape
 
 TMPFS_BYTES = 2 * 1024 * 1024
@@ -67,14 +68,17 @@ def test_full_disk_refuses_writes_clearly_serves_reads_and_recovers(tmp_path: Pa
     if reason:
         pytest.skip(f"cannot mount a private tmpfs here: {reason}")
     data_dir = tmp_path / "data"
-    replica = spawn_replica(
-        data_dir,
-        tmp_path / "ready.json",
-        tmp_path / "replica.log",
+    replica = ServeProcess(
+        data_dir=data_dir,
+        name="full-disk",
+        ready_path=tmp_path / "ready.json",  # outside the tmpfs, which only the replica sees
+        log_path=tmp_path / "replica.log",
         prefix=tmpfs_prefix(data_dir, TMPFS_BYTES),
-        args=("--metrics-listen", "127.0.0.1:0"),
+        args=("--grace", "5", "--metrics-listen", "127.0.0.1:0"),
     )
     try:
+        ready = replica.start()
+        assert ready.metrics_address is not None
         inside = Path(f"/proc/{replica.pid}/root") / data_dir.relative_to("/")
         with grpc.insecure_channel(replica.address) as channel:
             stub = pb_grpc.MessengerServiceStub(channel)
@@ -108,7 +112,7 @@ def test_full_disk_refuses_writes_clearly_serves_reads_and_recovers(tmp_path: Pa
             assert health(channel, "") == serving
             assert health(channel, SERVICE_NAME) == serving
             wait_until(lambda: health(channel, WRITES_HEALTH_NAME) != serving, timeout_s=20)
-            wait_until(lambda: scrape(replica.metrics).get("messenger_store_disk_full") == 1.0, timeout_s=20)
+            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 1.0, timeout_s=20)
             # an ack needs room for its tombstone: done where it fits, refused clearly where not
             first = sorted(acked)[:1]
             with contextlib.suppress(grpc.RpcError):
@@ -121,7 +125,7 @@ def test_full_disk_refuses_writes_clearly_serves_reads_and_recovers(tmp_path: Pa
             assert error is None, error
             acked.add(key)
             wait_until(lambda: health(channel, WRITES_HEALTH_NAME) == serving, timeout_s=20)
-            wait_until(lambda: scrape(replica.metrics).get("messenger_store_disk_full") == 0.0, timeout_s=20)
+            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 0.0, timeout_s=20)
             assert acked <= queued_keys(replica.address, BOB)
 
         # the file is whole: SQLite's own check, read-only, in the replica's mount namespace while it runs

@@ -186,6 +186,11 @@ def test_trace_checker_rejects_an_fsync_still_running_when_the_ack_leaves() -> N
     assert not verdict.ok
 
 
+def test_trace_checker_accepts_an_fsync_interrupted_by_another_thread_that_returns_before_the_ack() -> None:
+    other = '9 sendmsg(19, {msg_iov=[{iov_base="ping", iov_len=4}]}, MSG_NOSIGNAL) = 4'
+    assert _verdict(_OPEN, _WRITE, "8 fdatasync(9 <unfinished ...>", other, "8 <... fdatasync resumed>) = 0", _ACK).ok
+
+
 def test_trace_checker_rejects_an_fsync_of_another_file() -> None:
     other = '8 openat(AT_FDCWD, "/d/other-wal", O_RDWR, 0644) = 11'
     assert not _verdict(_OPEN, other, _WRITE, "8 fdatasync(11) = 0", _ACK).ok

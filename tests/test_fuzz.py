@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger import ServerConfig
-from grpc_messenger.model import MAX_UNIX_MS, content_digest, normalize_address, validate_address, validate_key
+from grpc_messenger.model import UNIX_MS_MAX, content_digest, new_key, normalize_address, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.servicer import MessengerServicer
@@ -37,7 +37,7 @@ from tests import strategies
 from tests.conftest import ReplicaFactory, ReplicaProcess
 from tests.security_support import bearer, integrity_ok, make_keys, read_store, wait_healthy
 
-MAX_BODY_BYTES = 2048
+BODY_BYTES_MAX = 2048
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("FUZZ_SEED", str(random.SystemRandom().randrange(2**32))))
 TYPED_EXAMPLES = 400 * SCALE
@@ -66,15 +66,27 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     factory = ReplicaFactory(tmp_path_factory.mktemp("fuzz"))
     channel: grpc.Channel | None = None
     try:
-        replica = factory.replica(extra_args=("--max-body-bytes", str(MAX_BODY_BYTES)))
+        replica = factory.replica(extra_args=("--max-body-bytes", str(BODY_BYTES_MAX)))
         channel = grpc.insecure_channel(replica.address)
         c = Campaign(replica, channel, pb_grpc.MessengerServiceStub(channel))
+        seed_store(c)
         yield c
         print(f"fuzz: outcomes {dict(sorted(c.codes.items()))}; acknowledged messages checked: {len(c.acked)}")
     finally:
         if channel is not None:
             channel.close()
         factory.teardown()
+
+
+def seed_store(c: Campaign) -> None:
+    """Valid messages stored before any fuzzing, so every soundness check (also one run alone) has data to check."""
+    messages = [
+        pb.SendRequest(key=new_key(), msg=f"seed {i}", self_email="seed@x.org", dest_email=f"seed-{i % 2}@x.org")
+        for i in range(4)
+    ]
+    request = pb.SendBatchRequest(messages=messages)
+    _record(c, "SendBatch", request, c.stub.SendBatch(request, timeout=10))
+    assert len(c.acked) == len(messages)
 
 
 def assert_replica_sound(c: Campaign) -> None:
@@ -98,13 +110,14 @@ def assert_replica_sound(c: Campaign) -> None:
         validate_address(stored.self_email)
         assert validate_key(key) == stored.key
         body = stored.msg
-        assert 0 < len(body.encode("utf-8")) == size <= MAX_BODY_BYTES
-        assert 0 < stored.created_unix_ms <= MAX_UNIX_MS
+        assert 0 < len(body.encode("utf-8")) == size <= BODY_BYTES_MAX
+        assert 0 < stored.created_unix_ms <= UNIX_MS_MAX
         assert stored.id >= 0
         assert digest == content_digest(key=key, sender=stored.self_email, recipient=mailbox, body=body)
         n, b = expected_usage.get(mailbox, (0, 0))
         expected_usage[mailbox] = (n + 1, b + size)
     assert usage == expected_usage
+    assert c.acked, "nothing acknowledged: the check would be empty"
     missing = c.acked - present
     assert not missing, f"acknowledged but gone: {sorted(missing)[:5]}"
 
@@ -132,7 +145,7 @@ def _record(c: Campaign, method: str, request: Any, response: Any) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(call=strategies.rpc_calls(max_body_bytes=MAX_BODY_BYTES))
+@given(call=strategies.rpc_calls(body_bytes_max=BODY_BYTES_MAX))
 def test_generated_requests_get_clear_answers(campaign: Campaign, call: tuple[str, Any]) -> None:
     method, request = call
     response, code, details = _attempt(lambda: getattr(campaign.stub, method)(request, timeout=10))
@@ -226,7 +239,7 @@ def test_slow_clients_do_not_starve_others(campaign: Campaign) -> None:
         with pytest.raises(grpc.RpcError) as too_many:
             next(campaign.stub.Subscribe(pb.SubscribeRequest(self_email=mailbox), timeout=10))
         assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        body = "z" * MAX_BODY_BYTES
+        body = "z" * BODY_BYTES_MAX
         started = time.monotonic()
         for i in range(50):  # pushes pile up at the non-readers
             reply = campaign.stub.Send(
@@ -277,12 +290,14 @@ def test_a_subscriber_that_stops_reading_is_dropped() -> None:
 
 
 AuthCampaign = tuple[ReplicaProcess, pb_grpc.MessengerServiceStub, str]
+FOR_BOB = "for bob, behind his token"
 
 
 @pytest.fixture(scope="module")
 def auth_campaign(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ReplicaProcess, pb_grpc.MessengerServiceStub, str]]:
+    """A replica requiring tokens, its stub, and Bob's token; Bob's mailbox holds one message (FOR_BOB)."""
     root = tmp_path_factory.mktemp("fuzz-auth")
     keys = make_keys(root / "keys")
     factory = ReplicaFactory(root / "replicas")
@@ -290,7 +305,10 @@ def auth_campaign(
     try:
         replica = factory.replica(extra_args=("--auth-public-key", str(keys.public_path)))
         channel = grpc.insecure_channel(replica.address)
-        yield replica, pb_grpc.MessengerServiceStub(channel), keys.token("bob@x.org")
+        stub, bob = pb_grpc.MessengerServiceStub(channel), keys.token("bob@x.org")
+        mine = pb.SendRequest(key=new_key(), msg=FOR_BOB, self_email="bob@x.org", dest_email="bob@x.org")
+        assert stub.Send(mine, metadata=bearer(bob), timeout=10).success
+        yield replica, stub, bob
     finally:
         if channel is not None:
             channel.close()
@@ -311,7 +329,9 @@ def test_garbage_and_tampered_tokens_are_unauthenticated(auth_campaign: AuthCamp
         metadata = (("authorization", token_value),)
         _, code, details = _attempt(lambda md=metadata: stub.Fetch(request, metadata=md, timeout=5))
         assert code == grpc.StatusCode.UNAUTHENTICATED, (token_value, details)
-    assert stub.Fetch(request, metadata=bearer(bob), timeout=5) is not None
+    # and Bob's own token still opens his mailbox
+    page = stub.Fetch(request, metadata=bearer(bob), timeout=5)
+    assert [m.msg for m in page.messages] == [FOR_BOB]
 
 
 def _flip(token: str, position: int) -> str:

@@ -1,6 +1,7 @@
 """A client generated from the original proto alone, unchanged, against a 3-replica cluster.
 
-The seed client runs in its own process (tests/legacy_proto/seed_client.py) with
+The original client (README: Porting) runs in its own process
+(tests/legacy_proto/original_client.py) with
 code generated at test time from tests/legacy_proto/messenger.proto, exactly as
 an old deployment would: it never imports grpc_messenger.
 """
@@ -23,16 +24,16 @@ Message = tuple[int, str, str, str]
 
 
 @pytest.fixture(scope="module")
-def seed_gen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("seed_gen")
+def original_gen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("original_gen")
     args = ["protoc", f"-I{LEGACY_DIR}", f"--python_out={out}", f"--grpc_python_out={out}", "messenger.proto"]
     assert protoc.main(args) == 0
     return out
 
 
-class SeedClient:
+class OriginalClient:
     def __init__(self, gen: Path, servers: tuple[str, ...]) -> None:
-        self.base = [sys.executable, str(LEGACY_DIR / "seed_client.py"), str(gen), ",".join(servers)]
+        self.base = [sys.executable, str(LEGACY_DIR / "original_client.py"), str(gen), ",".join(servers)]
 
     def _run(self, *args: str) -> object:
         done = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=60, check=False)
@@ -54,31 +55,31 @@ def extract_unique(inboxes: list[list[Message]]) -> list[Message]:
     return list(dict.fromkeys(m for inbox in inboxes for m in inbox))
 
 
-def test_seed_client_flow_against_three_replicas(shared_cluster: Cluster, seed_gen: Path, mailbox: str) -> None:
-    seed = SeedClient(seed_gen, shared_cluster.servers)
-    assert seed.send_to_all(1, "seed@example.org", mailbox, "first session, message 1") == [True] * 3
-    assert seed.send_to_all(2, "seed@example.org", mailbox, "first session, message 2") == [True] * 3
-    inboxes = seed.receive_from_all(mailbox)
+def test_original_client_flow_against_three_replicas(shared_cluster: Cluster, original_gen: Path, mailbox: str) -> None:
+    original = OriginalClient(original_gen, shared_cluster.servers)
+    assert original.send_to_all(1, "original@example.org", mailbox, "first session, message 1") == [True] * 3
+    assert original.send_to_all(2, "original@example.org", mailbox, "first session, message 2") == [True] * 3
+    inboxes = original.receive_from_all(mailbox)
     assert all(len(inbox) == 2 for inbox in inboxes)
     assert extract_unique(inboxes) == [
-        (1, "first session, message 1", "seed@example.org", mailbox),
-        (2, "first session, message 2", "seed@example.org", mailbox),
+        (1, "first session, message 1", "original@example.org", mailbox),
+        (2, "first session, message 2", "original@example.org", mailbox),
     ]
-    assert extract_unique(seed.receive_from_all(mailbox)) == []
-    # the seed restarts its counter at 1: a new message with an old id is not swallowed
-    seed.send_to_all(1, "seed@example.org", mailbox, "second session, message 1")
-    assert extract_unique(seed.receive_from_all(mailbox)) == [
-        (1, "second session, message 1", "seed@example.org", mailbox)
+    assert extract_unique(original.receive_from_all(mailbox)) == []
+    # the original client restarts its counter at 1: a new message with an old id is not swallowed
+    original.send_to_all(1, "original@example.org", mailbox, "second session, message 1")
+    assert extract_unique(original.receive_from_all(mailbox)) == [
+        (1, "second session, message 1", "original@example.org", mailbox)
     ]
 
 
-def test_library_and_seed_client_interoperate(
-    shared_cluster: Cluster, seed_gen: Path, mailbox: str, client_home: Path
+def test_library_and_original_client_interoperate(
+    shared_cluster: Cluster, original_gen: Path, mailbox: str, client_home: Path
 ) -> None:
-    seed = SeedClient(seed_gen, shared_cluster.servers)
+    original = OriginalClient(original_gen, shared_cluster.servers)
     with Messenger(ClientConfig(servers=shared_cluster.servers, data_dir=client_home, write_quorum=3)) as m:
         m.send(sender="new@example.org", recipient=mailbox, body="from the library", settle=True)
-        got = extract_unique(seed.receive_from_all(mailbox))
+        got = extract_unique(original.receive_from_all(mailbox))
         assert [(text, sender) for _, text, sender, _ in got] == [("from the library", "new@example.org")]
-        seed.send_to_all(1, "seed@example.org", mailbox, "from the seed")
-        assert [msg.body for msg in m.receive(mailbox).messages] == ["from the seed"]
+        original.send_to_all(1, "original@example.org", mailbox, "from the original client")
+        assert [msg.body for msg in m.receive(mailbox).messages] == ["from the original client"]

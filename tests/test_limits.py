@@ -146,7 +146,7 @@ def test_quota_is_exact_under_concurrent_batches(kind: str, tmp_path: Path) -> N
 
 def test_oversized_frame_is_refused_before_parsing(replica_factory: ReplicaFactory) -> None:
     replica = replica_factory.replica(store="memory", extra_args=("--max-body-bytes", "1024"))
-    limit = request_bytes_max(ServerConfig(max_body_bytes=1024))
+    limit = request_bytes_max(ServerConfig(body_bytes_max=1024))
     assert limit < 4 * 1024 * 1024
     channel = grpc.insecure_channel(replica.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
     try:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from grpc_messenger import InvalidInput, merge_unique
 from grpc_messenger.config import ClientConfig, ServerConfig, parse_listen
 from grpc_messenger.model import (
-    MAX_UNIX_MS,
+    UNIX_MS_MAX,
     Message,
     build_message,
     legacy_key,
@@ -64,7 +64,7 @@ def test_build_message_refuses_bad_fields() -> None:
         {"recipient": ""},
         {"legacy_id": -1},
         {"created_unix_ms": -5},
-        {"created_unix_ms": MAX_UNIX_MS + 1},
+        {"created_unix_ms": UNIX_MS_MAX + 1},
         {"key": "has spaces"},
         {"key": "k" * 65},
     ):

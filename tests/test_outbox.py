@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
-from grpc_messenger.client.outbox import BACKOFF_CAP_S, Outbox, backoff_ms
+from grpc_messenger.client.outbox import BACKOFF_CAP_S, EXPIRE_ATTEMPTS_MIN, Outbox, backoff_ms
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
 from tests.cli_support import messenger
@@ -59,12 +59,28 @@ def test_outbox_records_retries_with_backoff_and_forgets_when_paid(tmp_path: Pat
         outbox.close()
 
 
+def test_outbox_drop_forgets_by_key_by_replica_or_both(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=FakeClock())
+    try:
+        a, b = message("a"), message("b")
+        outbox.owe([(a, "r1", "x"), (a, "r2", "x"), (b, "r1", "x"), (b, "r2", "x")])
+        assert outbox.drop(key=a.key, replica="r9") == 0
+        assert outbox.drop(key=a.key, replica="r1") == 1
+        assert outbox.drop(replica="r2") == 2
+        assert outbox.drop(key=b.key) == 1
+        assert outbox.counts() == (0, 0)
+    finally:
+        outbox.close()
+
+
 def test_outbox_expiry_reports_instead_of_dropping(tmp_path: Path) -> None:
     clock = FakeClock()
     outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
     try:
         outbox.owe([(message(), "r1", DOWN)])
         assert outbox.expire(expiry_s=60) == 0
+        for _ in range(EXPIRE_ATTEMPTS_MIN):
+            outbox.retry_later(outbox.due(limit=10, all_pending=True), failure=DOWN)
         clock.now_ms += 61_000
         assert outbox.expire(expiry_s=60) == 1
         assert outbox.counts() == (0, 1)
@@ -211,3 +227,27 @@ def test_deliveries_answered_quickly_never_touch_the_outbox(replica_factory: Rep
             assert outbox.counts() == (0, 0)
         finally:
             outbox.close()
+
+
+def test_a_clock_stepped_back_does_not_stall_owed_deliveries(tmp_path: Path) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
+    try:
+        outbox.owe([(message(), "r1", DOWN)])
+        outbox.retry_later(outbox.due(limit=10), failure=DOWN)  # due again within a backoff
+        clock.now_ms -= 2 * 3600 * 1000  # the wall clock goes two hours back
+        assert len(outbox.due(limit=10)) == 1  # not two hours from now
+    finally:
+        outbox.close()
+
+
+def test_a_clock_jumping_ahead_does_not_expire_deliveries_nobody_tried(tmp_path: Path) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock_ms=clock)
+    try:
+        outbox.owe([(message(), "r1", DOWN)])
+        clock.now_ms += 8 * 24 * 3600 * 1000  # past a 7-day expiry in one step
+        assert outbox.expire(expiry_s=7 * 24 * 3600) == 0
+        assert outbox.counts() == (1, 0)
+    finally:
+        outbox.close()

@@ -13,14 +13,20 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from grpc_messenger import wire
 from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.subscribe import SubscribeOptions
 from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig
+from grpc_messenger.errors import PermissionDenied
 from grpc_messenger.model import Message, build_message, new_key
+from grpc_messenger.tui.session import SignIn, library_opener
 from tests.conftest import Cluster, ReplicaFactory, queued_keys, wait_until
-from tests.security_support import stub_for
+from tests.security_support import make_keys, stub_for
 
 PUSH_WAIT_S = 10.0
 FAST = SubscribeOptions(backoff_initial_s=0.05, backoff_max_s=0.5)
@@ -159,3 +165,49 @@ def _wait_for_note(notes: queue.Queue[str], text: str) -> None:
         if text in note:
             return
     raise AssertionError(f"watch never said {text!r}; it said {seen!r}")
+
+
+def test_closing_the_messenger_ends_its_subscriptions(shared_cluster: Cluster, client_home: Path, mailbox: str) -> None:
+    """A reader waiting on a subscription is let go, not left hanging, when the messenger closes."""
+
+    async def run() -> None:
+        m = AsyncMessenger(config(shared_cluster, client_home))
+        async with m:
+            subscription = m.subscribe(mailbox, options=FAST)
+            waiting = asyncio.ensure_future(anext(subscription))
+            await asyncio.sleep(0.2)
+        assert subscription.closed
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, PUSH_WAIT_S)
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def test_a_token_for_another_address_is_refused_by_subscribe_and_by_the_web_sign_in(
+    replica_factory: ReplicaFactory, client_home: Path, tmp_path: Path
+) -> None:
+    """Every replica refuses for good: subscribe raises instead of retrying; the checked sign-in shows nothing."""
+    keys = make_keys(tmp_path / "keys")
+    replica = replica_factory.replica(store="memory", extra_args=("--auth-public-key", str(keys.public_path)))
+    wrong = ClientConfig(servers=(replica.address,), data_dir=client_home, token=keys.token("eve@example.org"))
+    right = ClientConfig(servers=(replica.address,), data_dir=client_home, token=keys.token("bob@example.org"))
+
+    async def run() -> None:
+        async with AsyncMessenger(wrong) as m, m.subscribe("bob@example.org", options=FAST) as subscription:
+            with pytest.raises(PermissionDenied):
+                await asyncio.wait_for(anext(subscription), PUSH_WAIT_S)
+            assert [s.refused for s in subscription.states()] == [True]
+        sign_in = SignIn("bob@example.org", (replica.address,), token=wrong.token)
+        with pytest.raises(PermissionDenied):
+            await library_opener(wrong, check_token=True)(sign_in)
+        session = await library_opener(right, check_token=True)(SignIn("bob@example.org", (replica.address,)))
+        await session.close()
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+
+
+@given(attempt=st.integers(min_value=0, max_value=10_000))
+def test_resubscribe_backoff_grows_is_capped_and_jittered(attempt: int) -> None:
+    options = SubscribeOptions(backoff_initial_s=0.1, backoff_max_s=2.0)
+    ceiling_s = min(2.0, 0.1 * 2.0 ** min(attempt, 30))
+    assert ceiling_s / 2 <= options.backoff_s(attempt) <= ceiling_s

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from grpc_messenger.chaos import check
+from grpc_messenger.chaos.clocks import libfaketime
 from grpc_messenger.chaos.history import read_history
 from grpc_messenger.cli.main import cli
 from tests.conftest import ReplicaFactory, queued_keys
@@ -124,19 +125,30 @@ def test_a_killed_senders_outbox_delivers_on_its_next_start(
 
 @pytest.mark.chaos
 @pytest.mark.timeout(180)
-def test_short_sender_crash_run_loses_duplicates_and_invents_nothing(tmp_path: Path) -> None:
+@pytest.mark.skipif(libfaketime() is None, reason="needs libfaketime (.ci/run installs faketime)")
+def test_short_run_with_crashing_senders_and_lying_clocks(tmp_path: Path) -> None:
+    """Senders SIGKILLed and restarted; a replica 40 days ahead purging with a short grace;
+    senders a day behind and ahead; a replica clock stepped two hours back mid-run."""
     report_path = tmp_path / "report.json"
     history_path = tmp_path / "history.jsonl"
     args = [
-        "chaos", "--duration", "25", "--seed", "20261129", "--scenario", "sender-crash", "--sender-processes",
-        "--senders", "3", "--settle-max", "30", "--json", str(report_path), "--history", str(history_path),
+        "chaos", "--duration", "20", "--seed", "20261129", "--scenario", "sender-crash", "--sender-processes",
+        "--senders", "3", "--settle-max", "60", "--json", str(report_path), "--history", str(history_path),
+        "--clock", "r1=+40d", "--clock", "s2=-1d", "--clock", "s3=+1d", "--clock", "r3=+0>-2h@10",
+        "--tombstone-grace", "30",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     print(result.output)
     report = json.loads(report_path.read_text())
-    assert (report["lost"], report["duplicated"], report["phantom"]) == (0, 0, 0), result.output
+    assert (report["lost"], report["duplicated"], report["phantom"], report["misordered"]) == (0, 0, 0, 0), (
+        result.output
+    )
     assert result.exit_code == 0, result.output
     assert report["senders_killed"] >= 1
     assert report["under_replicated"] == 0
-    starts = [e for e in read_history(history_path) if e["type"] == "sender_started"]
-    assert any(e["incarnation"] > 1 for e in starts), "a killed sender must have been started again"
+    events = list(read_history(history_path))
+    assert any(e["type"] == "sender_started" and e["incarnation"] > 1 for e in events), "no sender restarted"
+    assert any(e["type"] == "clock_jump" for e in events)
+    # the skewed senders' messages carry their own clocks: a day apart, and shown in that order
+    created = {e["key"].split("-")[1]: e["created_unix_ms"] for e in events if e["type"] == "deliver"}
+    assert created["s3"] - created["s2"] > 36 * 3600 * 1000

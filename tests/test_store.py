@@ -63,7 +63,7 @@ def test_same_key_other_content_is_a_conflict_and_changes_nothing(make_store: Ca
     run(store.put_many([m]))
     changed = Message(m.key, m.sender, m.recipient, "changed", m.created_unix_ms)
     assert run(store.put_many([changed])) == [PutOutcome.CONFLICT]
-    page = run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6))
+    page = run(store.fetch(BOB, after_seq=0, limit=10, bytes_max=10**6))
     assert [x.body for x in page.messages] == ["original"]
 
 
@@ -74,7 +74,7 @@ def test_ack_leaves_a_tombstone_that_stops_resurrection(make_store: Callable[[],
     assert run(store.ack(BOB, [m.key])) == 1
     assert run(store.ack(BOB, [m.key])) == 0  # idempotent
     assert run(store.put_many([m])) == [PutOutcome.ALREADY_STORED]
-    assert run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6)).messages == ()
+    assert run(store.fetch(BOB, after_seq=0, limit=10, bytes_max=10**6)).messages == ()
     counts = run(store.counts())
     assert (counts.messages, counts.tombstones) == (0, 1)
 
@@ -85,7 +85,7 @@ def test_ack_of_a_key_never_held_blocks_its_late_arrival(make_store: Callable[[]
     m = message()
     run(store.ack(BOB, [m.key]))
     assert run(store.put_many([m])) == [PutOutcome.ALREADY_STORED]
-    assert run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6)).messages == ()
+    assert run(store.fetch(BOB, after_seq=0, limit=10, bytes_max=10**6)).messages == ()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -101,7 +101,7 @@ def test_paging_returns_every_message_once_in_arrival_order(
     seen: list[Message] = []
     after = 0
     for _ in range(100):
-        page = run(store.fetch(BOB, after_seq=after, limit=page_size, max_bytes=10**6))
+        page = run(store.fetch(BOB, after_seq=after, limit=page_size, bytes_max=10**6))
         assert len(page.messages) <= page_size
         seen.extend(page.messages)
         after = page.next_after_seq
@@ -115,10 +115,10 @@ def test_paging_returns_every_message_once_in_arrival_order(
 def test_page_stops_at_the_byte_limit_but_always_makes_progress(make_store: Callable[[], Store]) -> None:
     store = make_store()
     run(store.put_many([message("x" * 1000) for _ in range(5)]))
-    page = run(store.fetch(BOB, after_seq=0, limit=100, max_bytes=2500))
+    page = run(store.fetch(BOB, after_seq=0, limit=100, bytes_max=2500))
     assert len(page.messages) == 2
     assert page.more
-    tiny = run(store.fetch(BOB, after_seq=0, limit=100, max_bytes=1))
+    tiny = run(store.fetch(BOB, after_seq=0, limit=100, bytes_max=1))
     assert len(tiny.messages) == 1
 
 
@@ -126,9 +126,9 @@ def test_take_removes_and_returns_the_oldest(make_store: Callable[[], Store]) ->
     store = make_store()
     batch = [message(f"m{i}") for i in range(5)]
     run(store.put_many(batch))
-    assert [m.body for m in run(store.take(BOB, limit=3, max_bytes=10**6))] == ["m0", "m1", "m2"]
-    assert [m.body for m in run(store.take(BOB, limit=10, max_bytes=10**6))] == ["m3", "m4"]
-    assert run(store.take(BOB, limit=10, max_bytes=10**6)) == []
+    assert [m.body for m in run(store.take(BOB, limit=3, bytes_max=10**6))] == ["m0", "m1", "m2"]
+    assert [m.body for m in run(store.take(BOB, limit=10, bytes_max=10**6))] == ["m3", "m4"]
+    assert run(store.take(BOB, limit=10, bytes_max=10**6)) == []
     assert run(store.put_many(batch[:1])) == [PutOutcome.ALREADY_STORED]
 
 
@@ -154,7 +154,7 @@ def test_sqlite_store_keeps_messages_and_identity_across_reopen(tmp_path: Path) 
     reopened = SqliteStore(path)
     try:
         assert reopened.replica_id == replica_id
-        page = run(reopened.fetch(BOB, after_seq=0, limit=100, max_bytes=10**6))
+        page = run(reopened.fetch(BOB, after_seq=0, limit=100, bytes_max=10**6))
         assert [m.body for m in page.messages] == [f"d{i}" for i in range(1, 50)]
         assert run(reopened.put_many([batch[0]])) == [PutOutcome.ALREADY_STORED]
     finally:
@@ -187,9 +187,9 @@ def test_a_damaged_row_is_never_served(tmp_path: Path) -> None:
     conn.close()
     store = SqliteStore(path)
     try:
-        page = run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6))
+        page = run(store.fetch(BOB, after_seq=0, limit=10, bytes_max=10**6))
         assert [m.body for m in page.messages] == ["good"]
-        assert [m.body for m in run(store.take(BOB, limit=10, max_bytes=10**6))] == ["good"]
+        assert [m.body for m in run(store.take(BOB, limit=10, bytes_max=10**6))] == ["good"]
     finally:
         run(store.close())
 
@@ -291,7 +291,7 @@ def test_a_key_or_body_changed_behind_our_back_is_not_served(tmp_path: Path) -> 
     conn.close()
     store = SqliteStore(path)
     try:
-        page = run(store.fetch(BOB, after_seq=0, limit=10, max_bytes=10**6))
+        page = run(store.fetch(BOB, after_seq=0, limit=10, bytes_max=10**6))
         assert [m.key for m in page.messages] == ["key-0", "key-3"]  # the rest of the mailbox still reads
         assert run(store.get_queued(BOB, ["key-phantom", "key-2", "key-3"])) == [batch[3]]
     finally:

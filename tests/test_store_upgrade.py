@@ -149,11 +149,11 @@ def test_a_schema_3_store_is_upgraded_with_exact_digests_usage_and_cursors(tmp_p
     store = SqliteStore(path)
     try:
         assert store.replica_id == "r-old"
-        bob = run(store.fetch("bob@x.org", after_seq=0, limit=100, max_bytes=10**6))
+        bob = run(store.fetch("bob@x.org", after_seq=0, limit=100, bytes_max=10**6))
         # one copy of k-1; k-3 stays deleted (the tombstone under the other spelling wins)
         assert [(m.key, m.body) for m in bob.messages] == [("k-1", "one"), ("k-2", "two, to a capitalised address")]
         assert bob.messages[1].recipient == "Bob@X.org"  # the form the sender typed is kept for display
-        carol = run(store.fetch("carol@x.org", after_seq=0, limit=100, max_bytes=10**6))
+        carol = run(store.fetch("carol@x.org", after_seq=0, limit=100, bytes_max=10**6))
         assert [m.key for m in carol.messages] == ["k-5"]  # the damaged row is left out, for repair to restore
         usage = run(store.usage(["bob@x.org", "carol@x.org"]))
         assert (usage["bob@x.org"].messages, usage["bob@x.org"].body_bytes) == (2, 3 + 29)
@@ -176,7 +176,7 @@ def test_a_schema_3_store_is_upgraded_with_exact_digests_usage_and_cursors(tmp_p
         # a new message gets a seq above every seq ever used, even the acked highest one
         new = Message("k-new", "alice@x.org", "carol@x.org", "after the upgrade", 2000)
         assert run(store.put_many([new])) == [PutOutcome.STORED]
-        after = run(store.fetch("carol@x.org", after_seq=carol.next_after_seq, limit=10, max_bytes=10**6))
+        after = run(store.fetch("carol@x.org", after_seq=carol.next_after_seq, limit=10, bytes_max=10**6))
         assert [m.key for m in after.messages] == ["k-new"]
         assert after.next_after_seq > 7
     finally:

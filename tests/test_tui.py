@@ -15,6 +15,7 @@ from grpc_messenger.model import ReplicaOutcome, ReplicaState, SendReport
 from grpc_messenger.tui.app import MessengerApp
 from grpc_messenger.tui.conversations import Conversations
 from grpc_messenger.tui.format import message_card, send_outcome
+from grpc_messenger.tui.screens.help import HelpScreen
 from grpc_messenger.tui.screens.inbox import InboxScreen
 from grpc_messenger.tui.session import SignIn, library_opener
 from grpc_messenger.tui.widgets.message_list import MessageList
@@ -110,15 +111,22 @@ def fake_app(session: FakeSession) -> MessengerApp:
     return MessengerApp(defaults=SignIn(ME, SERVERS), opener=opener)  # type: ignore[arg-type]
 
 
+async def steady(pilot: Pilot[None]) -> None:
+    """No blinking cursors: a snapshot must not depend on when it was taken."""
+    for widget in pilot.app.screen.query("Input, TextArea"):
+        widget.cursor_blink = False  # type: ignore[attr-defined]
+    await pilot.pause()
+
+
 async def settled(pilot: Pilot[None]) -> None:
     screen = await sign_in(pilot)
     await wait_for(pilot, lambda: screen.conversations.get("dave@example.org") is not None)
     await wait_for(pilot, lambda: screen._statuses is not None)
-    await pilot.pause()
+    await steady(pilot)
 
 
 def test_snapshot_sign_in(snap_compare: object, utc: None) -> None:
-    assert snap_compare(fake_app(FakeSession()), terminal_size=SIZE)  # type: ignore[operator]
+    assert snap_compare(fake_app(FakeSession()), terminal_size=SIZE, run_before=steady)  # type: ignore[operator]
 
 
 def test_snapshot_inbox(snap_compare: object, utc: None) -> None:
@@ -137,7 +145,7 @@ def test_snapshot_conversation(snap_compare: object, utc: None) -> None:
         await pilot.press("enter")  # into its messages
         await wait_for(pilot, lambda: isinstance(pilot.app.focused, MessageList))
         await pilot.press("up")  # the message in view: alice's question
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(fake_app(FakeSession()), terminal_size=SIZE, run_before=run_before)  # type: ignore[operator]
 
@@ -151,10 +159,30 @@ def test_snapshot_replicas_with_two_down(snap_compare: object, utc: None) -> Non
         screen = pilot.app.screen
         assert isinstance(screen, InboxScreen)
         await wait_for(pilot, lambda: "2 owed" in status_text(screen))
-        await pilot.pause()
+        await steady(pilot)
 
     session = FakeSession(up=(True, False, False), owed=2)
     assert snap_compare(fake_app(session), terminal_size=SIZE, run_before=run_before)  # type: ignore[operator]
+
+
+def test_help_opens_from_anywhere_and_closes_with_escape(utc: None) -> None:
+    """F1 shows every key over the current screen; esc goes back to where you were."""
+    session = FakeSession()
+
+    async def run() -> None:
+        app = fake_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("f1")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            await settled(pilot)
+            await pilot.press("f1")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            assert isinstance(app.screen, InboxScreen)
+        assert session.closed
+
+    asyncio.run(asyncio.wait_for(run(), 60))
 
 
 # --- the view model and texts, without a screen ---------------------------------------

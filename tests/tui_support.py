@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from grpc_messenger.client.subscribe import StreamState
+from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, ReplicaOutcome, ReplicaState, ReplicaStatus, SendReport
 
 SERVERS = ("r1.example.org:7001", "r2.example.org:7002", "r3.example.org:7003")
 ME = "bob@example.org"
 # 2026-01-05 09:00 UTC, and a minute apart after it
 T0_MS = 1_767_603_600_000
+DOWN = Failure(Status.UNAVAILABLE, "connection refused")
 
 
 def msg(n: int, sender: str, recipient: str, body: str) -> Message:
@@ -73,14 +75,14 @@ class FakeSession:
         self.sent.append((recipient, body))
         message = msg(100 + len(self.sent), ME, recipient, body)
         outcomes = tuple(
-            ReplicaOutcome(a, ReplicaState.STORED if ok else ReplicaState.FAILED, "" if ok else "UNAVAILABLE: down")
+            ReplicaOutcome(a, ReplicaState.STORED if ok else ReplicaState.FAILED, None if ok else DOWN)
             for a, ok in zip(SERVERS, self.up, strict=True)
         )
         return message, SendReport(key=message.key, write_quorum=1, replicas=outcomes)
 
     async def status(self) -> list[ReplicaStatus]:
         return [
-            ReplicaStatus(address=a, reachable=ok, serving=ok, latency_ms=1.5 + i, error="" if ok else "UNAVAILABLE")
+            ReplicaStatus(address=a, reachable=ok, serving=ok, latency_ms=1.5 + i, failure=None if ok else DOWN)
             for i, (a, ok) in enumerate(zip(SERVERS, self.up, strict=True))
         ]
 

@@ -12,6 +12,7 @@ from grpc_messenger.config import ClientConfig, ServerConfig
 from grpc_messenger.errors import (
     DeadlineExceeded,
     Failure,
+    InboxError,
     InvalidInput,
     KeyConflict,
     MessengerError,
@@ -39,6 +40,7 @@ __all__ = [
     "DeadlineExceeded",
     "Draft",
     "Failure",
+    "InboxError",
     "InvalidInput",
     "KeyConflict",
     "LocalInbox",

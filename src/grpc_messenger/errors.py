@@ -92,6 +92,12 @@ class StoreError(MessengerError):
     code = Status.UNAVAILABLE
 
 
+class InboxError(MessengerError):
+    """The reader's local inbox cannot store (full disk, too many open files): nothing was acked."""
+
+    code = Status.RESOURCE_EXHAUSTED
+
+
 _BY_CODE: dict[Status, type[MessengerError]] = {
     cls.code: cls
     for cls in (

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from grpc_messenger.errors import Failure, InvalidInput, Unavailable
 
-MAX_BODY_BYTES_DEFAULT = 64 * 1024
+BODY_BYTES_MAX_DEFAULT = 64 * 1024
 MAX_ADDRESS_CHARS = 254
 MAX_KEY_CHARS = 64
 # 9999-12-31T23:59:59.999Z: any later creation time is garbage, not clock skew.
-MAX_UNIX_MS = 253_402_300_799_999
+UNIX_MS_MAX = 253_402_300_799_999
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDRESS_RE = re.compile(rf"[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})*")
@@ -54,24 +54,26 @@ def validate_key(value: str) -> str:
     return value
 
 
-def validate_body(value: str, *, max_body_bytes: int) -> str:
+def validate_body(value: str, *, body_bytes_max: int) -> str:
     """Return `value` if it is a non-empty body within the size limit."""
     if not value or value.isspace():
         raise InvalidInput("message body is empty" if not value else "message body is only whitespace")
     size = len(value.encode("utf-8", "surrogatepass"))
-    if size > max_body_bytes:
-        raise InvalidInput(f"message body is {size} bytes; the limit is {max_body_bytes}")
+    if size > body_bytes_max:
+        raise InvalidInput(f"message body is {size} bytes; the limit is {body_bytes_max}")
     return value
 
 
-def new_key(*, now_ms: int | None = None) -> str:
+def new_key(*, now_ms: int | None = None, entropy: bytes | None = None) -> str:
     """A fresh UUIDv7 string: time-ordered, 74 random bits, unique forever.
 
     Keys never restart: they come from the clock and os.urandom, not a counter,
-    so a restarted client or a second device cannot reuse one.
+    so a restarted client or a second device cannot reuse one. A caller making
+    many keys may pass 10 bytes of os.urandom it read in bulk as `entropy`.
     """
     unix_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    assert entropy is None or len(entropy) == 10
+    rand = int.from_bytes(os.urandom(10) if entropy is None else entropy, "big")
     value = (unix_ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version 7
     value |= ((rand >> 62) & 0xFFF) << 64  # rand_a
@@ -135,7 +137,7 @@ def build_message(
     key: str = "",
     created_unix_ms: int = 0,
     legacy_id: int = 0,
-    max_body_bytes: int = MAX_BODY_BYTES_DEFAULT,
+    body_bytes_max: int = BODY_BYTES_MAX_DEFAULT,
     now_ms: int | None = None,
 ) -> Message:
     """Validate raw fields and build a Message; raise InvalidInput on bad input.
@@ -145,11 +147,11 @@ def build_message(
     """
     validate_address(sender, what="sender address")
     validate_address(recipient, what="recipient address")
-    validate_body(body, max_body_bytes=max_body_bytes)
+    validate_body(body, body_bytes_max=body_bytes_max)
     if legacy_id < 0:
         raise InvalidInput(f"message id {legacy_id} is negative")
-    if not 0 <= created_unix_ms <= MAX_UNIX_MS:
-        raise InvalidInput(f"creation time {created_unix_ms} ms is outside 0..{MAX_UNIX_MS}")
+    if not 0 <= created_unix_ms <= UNIX_MS_MAX:
+        raise InvalidInput(f"creation time {created_unix_ms} ms is outside 0..{UNIX_MS_MAX}")
     if key:
         validate_key(key)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys
@@ -26,6 +27,18 @@ from rich.console import Console
 )
 @click.option("--no-plot", is_flag=True, help="Do not draw a plot.")
 @click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run nothing: print, plot and write the tables of a run saved with --json.",
+)
+@click.option(
+    "--compare",
+    "compare_json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A run saved with --json: add a before/after table of msgs/s and CPU per message to --markdown.",
+)
+@click.option(
     "--markdown",
     "markdown_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -40,6 +53,8 @@ def bench(
     plot_path: Path | None,
     no_plot: bool,
     markdown_path: Path | None,
+    from_json: Path | None,
+    compare_json: Path | None,
 ) -> None:
     """Measure every configuration side by side and print ratios (starts its own servers)."""
     from dataclasses import replace
@@ -59,18 +74,32 @@ def bench(
     def progress(line: str) -> None:
         err.print(f"[dim]{time.monotonic() - started:6.1f}s {line}[/]")
 
-    rows = suite.run_suite(
-        quick=quick, scale=(not quick) if scale is None else scale, workload=workload, progress=progress, huge=huge
-    )
-    machine = suite.machine()
+    if from_json is not None:
+        saved = json.loads(from_json.read_text())
+        rows = [suite.row_from_json(r) for r in saved["rows"]]
+        machine, command = saved["machine"], saved["command"]
+    else:
+        rows = suite.run_suite(
+            quick=quick, scale=(not quick) if scale is None else scale, workload=workload, progress=progress, huge=huge
+        )
+        machine = suite.machine()
+        command = " ".join(["messenger", *(shlex.quote(a) for a in sys.argv[1:])])
     report.print_report(out, rows, machine=machine)
-    command = " ".join(["messenger", *(shlex.quote(a) for a in sys.argv[1:])])
     if json_path is not None:
         report.write_json(json_path, report.to_json(rows, machine=machine, command=command))
         out.print(f"JSON: {json_path}")
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(report.to_markdown(rows, machine=machine, command=command))
+        text = report.to_markdown(rows, machine=machine, command=command)
+        if compare_json is not None:
+            before = json.loads(compare_json.read_text())
+            text += "\n" + report.compare_markdown(
+                [suite.row_from_json(r) for r in before["rows"]],
+                rows,
+                before_label=f"`{before['command']}`",
+                after_label=f"`{command}`",
+            )
+        markdown_path.write_text(text)
         out.print(f"Markdown: {markdown_path}")
     if not no_plot:
         path = plot_path or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.png"

@@ -5,18 +5,25 @@ waits for the cores gets fewer messages through, but each message costs the
 same CPU. The figure is user + system time (utime + stime in /proc/PID/stat,
 every thread of the process), read before and after the measured part of a
 row (never the warm-up), for the client (the bench process itself) and for
-each server process of the row, replicas and nats-server alike.
+each server process of the row, replicas and nats-server alike. An async
+row waits for the servers to go idle before the block closes, so work still
+in flight when the last call returned (other replicas at W=1) is counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 CLIENT = "client"
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# servers are idle again when they spent at most one tick over this interval (an idle replica: ~1 ms/s)
+SETTLE_INTERVAL_S = 0.2
+SETTLE_MAX_S = 10.0
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -43,6 +50,25 @@ class CpuMeter:
     pids: Mapping[str, int]
     spent_s: dict[str, float] = field(default_factory=dict)
 
+    async def settle(self) -> None:
+        """Wait (bounded) until the server processes stop spending CPU.
+
+        A row ends when its last call returned, but with W=1 the other
+        replicas may still be storing the last batches (and JetStream
+        followers applying them, or the stream processing acks): their CPU is
+        part of this row, so the measured block closes only after it.
+        Waits with asyncio, so the client keeps sending what it still owes.
+        """
+        servers = [pid for name, pid in self.pids.items() if name != CLIENT]
+        deadline = time.monotonic() + SETTLE_MAX_S
+        last = _total(servers)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_INTERVAL_S)
+            now = _total(servers)
+            if now - last <= 1.0 / _TICKS_PER_S:
+                return
+            last = now
+
     @contextmanager
     def measuring(self) -> Iterator[None]:
         """CPU spent by each process between entering and leaving the block (added up if entered twice)."""
@@ -54,6 +80,10 @@ class CpuMeter:
                 start, end = before[name], cpu_seconds(pid)
                 if start is not None and end is not None:
                     self.spent_s[name] = self.spent_s.get(name, 0.0) + max(0.0, end - start)
+
+
+def _total(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
 
 @dataclass(frozen=True, slots=True)

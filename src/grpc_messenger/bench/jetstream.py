@@ -147,7 +147,9 @@ async def publishes(url: str, w: Workload, *, tag: str, meter: CpuMeter, msg_ids
 
         await drive(warm, calls=w.warmup_messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
         with meter.measuring():
-            return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+            timing = await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+            await meter.settle()
+        return timing
     finally:
         await nc.close()
 
@@ -178,6 +180,8 @@ async def pull_reads(url: str, w: Workload, *, tag: str, total: int, meter: CpuM
                 got += len(msgs)
                 latencies.append(time.perf_counter() - t0)
             await nc.flush()
-            return Timing(got, time.perf_counter() - started, tuple(latencies))
+            timing = Timing(got, time.perf_counter() - started, tuple(latencies))
+            await meter.settle()
+        return timing
     finally:
         await nc.close()

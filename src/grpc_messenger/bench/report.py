@@ -244,6 +244,35 @@ def to_markdown(rows: Sequence[Row], *, machine: dict[str, Any], command: str) -
     return "\n".join(lines) + "\n"
 
 
+def compare_markdown(before: Sequence[Row], after: Sequence[Row], *, before_label: str, after_label: str) -> str:
+    """msgs/s and CPU per message of every row in two runs, side by side (Markdown)."""
+    old = _by_name(before)
+    lines = [
+        f'before: {before_label}; after: {after_label}. CPU in us per message; "busiest" is the server process'
+        ' that spent the most, "all" adds up every server process of the row.',
+        "",
+        "| row | msgs/s before | msgs/s after | client before | client after | busiest server before"
+        " | busiest server after | all servers before | all servers after |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in after:
+        was = old.get(row.name)
+        if row.status != "ok" or was is None:
+            continue
+        cells = [
+            _fmt(was.msgs_per_s, ",.0f"),
+            _fmt(row.msgs_per_s, ",.0f"),
+            _fmt(was.cpu.client_us, ".0f"),
+            _fmt(row.cpu.client_us, ".0f"),
+            _fmt(was.cpu.server_max_us, ".0f"),
+            _fmt(row.cpu.server_max_us, ".0f"),
+            _fmt(was.cpu.server_total_us, ".0f"),
+            _fmt(row.cpu.server_total_us, ".0f"),
+        ]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write the JSON report (parent directories created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,9 +302,19 @@ def plot(rows: Sequence[Row], path: Path) -> Path | None:
     right.set_xscale("log")
     right.invert_yaxis()
     clients = [r.cpu.client_us or 0.0 for r in shown]
+    servers = [r.cpu.server_total_us or 0.0 for r in shown]
     cpu.barh(names, clients, color="#ed8936", label="client")
-    cpu.barh(names, [r.cpu.server_total_us or 0.0 for r in shown], left=clients, color="#4a5568", label="servers")
-    cpu.set_xlabel("CPU us per message, all processes (lower is better)")
+    cpu.barh(names, servers, left=clients, color="#4a5568", label="servers")
+    # the unary legacy rows cost ~10x the others: clip them, with their figure written beside
+    totals = [c + s for c, s in zip(clients, servers, strict=True)]
+    batched = [t for r, t in zip(shown, totals, strict=True) if "legacy" not in r.name] or totals
+    limit = 1.3 * max(batched, default=0.0)
+    if limit > 0:
+        cpu.set_xlim(0, limit)
+        for i, total in enumerate(totals):
+            if total > limit:
+                cpu.text(limit * 0.98, i, f"{total:,.0f} >", ha="right", va="center", color="white", fontsize=8)
+    cpu.set_xlabel("CPU us per message: client + every server process (lower is better)")
     cpu.legend(loc="lower right")
     cpu.invert_yaxis()
     fig.suptitle("messenger bench: same machine, same run (blue: ours)")

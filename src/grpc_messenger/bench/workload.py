@@ -142,7 +142,9 @@ async def messenger_sends(
 
         await drive(warm, calls=w.warmup_messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
         with meter.measuring():
-            return await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+            timing = await drive(measured, calls=w.messages, concurrency=w.concurrency, time_max_s=w.row_time_max_s)
+            await meter.settle()
+        return timing
 
 
 async def messenger_batches(
@@ -182,7 +184,9 @@ async def messenger_batches(
         warm_calls = max(1, w.warmup_messages // size)
         await drive(warm, calls=warm_calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
         with meter.measuring():
-            return await drive(measured, calls=calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
+            timing = await drive(measured, calls=calls, concurrency=w.batch_callers, time_max_s=w.row_time_max_s)
+            await meter.settle()
+        return timing
 
 
 async def messenger_reads(
@@ -202,7 +206,9 @@ async def messenger_reads(
             return moved
 
         with meter.measuring():
-            return await drive(read, calls=len(boxes), concurrency=w.read_callers, time_max_s=w.row_time_max_s * 4)
+            timing = await drive(read, calls=len(boxes), concurrency=w.read_callers, time_max_s=w.row_time_max_s * 4)
+            await meter.settle()
+        return timing
 
 
 # --- the original synchronous client ----------------------------------------------------

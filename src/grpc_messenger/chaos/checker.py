@@ -15,6 +15,11 @@ Pure: a history in, a report out. Definitions (per message key):
                showing counts as duplicated like any other); `in_doubt_delivered`
                says how many did arrive.
 
+- misordered:  a receive() that showed its messages out of the documented order
+               (sender's creation time, then sender, then key); judged within
+               each read, from the `read`, `created_unix_ms` and `sender` of its
+               deliveries (histories without them are not judged).
+
 Events may come from several processes' files merged by time, so a delivery is
 judged against every invoke of the whole history, not only the earlier ones.
 
@@ -50,14 +55,15 @@ class CheckReport:
     in_doubt: int = 0
     in_doubt_delivered: int = 0
     senders_killed: int = 0
+    misordered: int = 0
     lost_sample: tuple[str, ...] = field(default=())
     duplicated_sample: tuple[str, ...] = field(default=())
     phantom_sample: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        """True when nothing acknowledged was lost, nothing shown twice, nothing made up."""
-        return self.lost == 0 and self.duplicated == 0 and self.phantom == 0
+        """True when nothing acknowledged was lost, nothing shown twice, nothing made up, order kept."""
+        return self.lost == 0 and self.duplicated == 0 and self.phantom == 0 and self.misordered == 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (samples as lists)."""
@@ -76,6 +82,8 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
     delivered_as: dict[str, set[tuple[str, str]]] = {}
     under_replicated = 0
     senders_killed = 0
+    last_in_read: dict[tuple[str, int], tuple[int, str, str]] = {}
+    misordered: set[tuple[str, int]] = set()
     faults = 0
     settle_s: float | None = None
     read_failures = 0
@@ -91,6 +99,12 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
             key = event["key"]
             shown[key] = shown.get(key, 0) + 1
             delivered_as.setdefault(key, set()).add((event["mailbox"], event["body"]))
+            if "read" in event and "created_unix_ms" in event:
+                read = (event["process"], int(event["read"]))
+                order = (int(event["created_unix_ms"]), str(event.get("sender", "")), key)
+                if read in last_in_read and order < last_in_read[read]:
+                    misordered.add(read)
+                last_in_read[read] = order
         elif kind == "read_fail":
             read_failures += 1
         elif kind == "fault" and event.get("phase") == "start":
@@ -124,6 +138,7 @@ def check(events: Iterable[Mapping[str, Any]]) -> CheckReport:
         in_doubt=len(in_doubt),
         in_doubt_delivered=len(in_doubt & once),
         senders_killed=senders_killed,
+        misordered=len(misordered),
         lost_sample=tuple(lost[:SAMPLE_KEYS_MAX]),
         duplicated_sample=tuple(duplicated[:SAMPLE_KEYS_MAX]),
         phantom_sample=tuple(sorted(phantoms)[:SAMPLE_KEYS_MAX]),

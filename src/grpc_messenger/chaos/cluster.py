@@ -151,6 +151,8 @@ class ChaosCluster:
     n: int = 3
     repair: bool = True
     repair_interval_s: float = 1.0
+    replica_args: tuple[str, ...] = ()  # given to every replica
+    replica_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by name: e.g. a lying clock
     replicas: list[ChaosReplica] = field(default_factory=list)
     sender_proxies: list[FaultProxy] = field(default_factory=list)
     reader_proxies: list[FaultProxy] = field(default_factory=list)
@@ -180,14 +182,15 @@ class ChaosCluster:
         """Start proxies, then every replica, then point the proxies at the replicas."""
         for i in range(self.n):
             name = f"r{i + 1}"
-            self.replicas.append(
-                ChaosReplica(
-                    name=name,
-                    data_dir=self.root / name,
-                    log_path=self.root / f"{name}.log",
-                    ready_path=self.root / f"{name}.ready.json",
-                )
+            replica = ChaosReplica(
+                name=name,
+                data_dir=self.root / name,
+                log_path=self.root / f"{name}.log",
+                ready_path=self.root / f"{name}.ready.json",
+                extra_args=self.replica_args,
             )
+            replica.launcher.env = self.replica_env.get(name, {})
+            self.replicas.append(replica)
             self.sender_proxies.append(FaultProxy(name=f"send->{name}"))
             self.reader_proxies.append(FaultProxy(name=f"read->{name}"))
         for i in range(self.n):

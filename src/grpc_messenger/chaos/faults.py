@@ -152,6 +152,8 @@ def plan_schedule(rng: random.Random, plan: SchedulePlan) -> list[Fault]:
     if FaultKind.KILL_SENDER in menu and not plan.sender_processes:
         raise InvalidInput(f"scenario {plan.scenario!r} kills senders: it needs sender processes")
     mandatory = [k for k in (*MANDATORY, FaultKind.KILL_SENDER) if k in menu] if plan.scenario == "mixed" else []
+    if plan.scenario == "sender-crash":
+        mandatory = [FaultKind.KILL_SENDER, FaultKind.KILL_SENDER]  # both moments, however short the run
     rng.shuffle(mandatory)
     round_robin = plan.scenario in ("rolling-wipe", "isolate-wipe", "damage")
     faults: list[Fault] = []

@@ -29,6 +29,7 @@ import grpc
 
 from grpc_messenger import AsyncMessenger, ClientConfig, InvalidInput, MessengerError
 from grpc_messenger.chaos.checker import CheckReport, check
+from grpc_messenger.chaos.clocks import ClockSpec, by_name, clock_env, set_offset
 from grpc_messenger.chaos.cluster import ChaosCluster
 from grpc_messenger.chaos.faults import (
     NEEDS_SENDER_PROCESSES,
@@ -68,6 +69,7 @@ class ChaosConfig:
     readers: int = 2
     mailboxes: int = 40
     rate_per_s: float = 150.0  # all senders together
+    in_flight_max: int = 16  # sends in flight per sender (what lets the client batch)
     read_pause_s: tuple[float, float] = (0.05, 0.4)
     outbox: bool = True
     repair: bool = True
@@ -77,6 +79,8 @@ class ChaosConfig:
     settle_max_s: float = 60.0
     sample_interval_s: float = TICK_S  # RSS, fds and threads of every process into the history
     sender_processes: bool = False  # senders in their own processes (killable with SIGKILL, restarted)
+    clocks: tuple[ClockSpec, ...] = ()  # lying clocks (libfaketime) of replicas and sender processes
+    tombstone_grace_s: float | None = None  # passed to every replica (default: the replica's own)
     work_dir: Path | None = None  # default: a new temporary directory, removed at the end
     history_path: Path | None = None  # keep a copy of the history here
 
@@ -87,6 +91,10 @@ class ChaosConfig:
             raise InvalidInput("need a positive duration, a sender, a reader, and at least one mailbox per reader")
         if self.scenario in NEEDS_SENDER_PROCESSES and not self.sender_processes:
             raise InvalidInput(f"scenario {self.scenario} kills senders: add --sender-processes")
+        names = {f"r{i + 1}" for i in range(3)} | {f"s{i + 1}" for i in range(self.senders) if self.sender_processes}
+        for name in by_name(self.clocks):
+            if name not in names:
+                raise InvalidInput(f"clock spec for {name}: no such process (senders need --sender-processes)")
         if self.sender_processes and not self.outbox:
             raise InvalidInput("sender processes always keep an outbox (it is what a restart must carry)")
 
@@ -123,6 +131,7 @@ class ChaosResult:
             "duration_s": self.config.duration_s,
             "scenario": self.config.scenario,
             "sender_processes": self.config.sender_processes,
+            "clocks": [c.describe() for c in self.config.clocks],
             "defences": {
                 "outbox": self.config.outbox,
                 "repair": self.config.repair,
@@ -155,7 +164,16 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
     root.mkdir(parents=True, exist_ok=True)
     history = History(root / "history.jsonl")
     say = _Printer(history, emit)
-    cluster = ChaosCluster(root=root / "cluster", repair=config.repair, repair_interval_s=config.repair_interval_s)
+    clocks = by_name(config.clocks)
+    for spec in clocks.values():
+        set_offset(_offset_file(root, spec.name), spec.offset)
+    cluster = ChaosCluster(
+        root=root / "cluster",
+        repair=config.repair,
+        repair_interval_s=config.repair_interval_s,
+        replica_args=("--tombstone-grace", str(config.tombstone_grace_s)) if config.tombstone_grace_s else (),
+        replica_env={n: clock_env(_offset_file(root, n)) for n in clocks if n.startswith("r")},
+    )
     (root / "cluster").mkdir(exist_ok=True)
     senders: list[Sender] = []
     processes: list[SenderProcess] = []
@@ -169,7 +187,8 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
                 f"readers={config.readers} mailboxes={config.mailboxes} "
                 f"rate_per_s={config.rate_per_s:g} outbox={_onoff(config.outbox)} "
                 f"repair={_onoff(config.repair)} inbox_dedup={_onoff(config.inbox_dedup)} "
-                f"dir={root}"
+                + (f"clocks={','.join(c.describe() for c in config.clocks)} " if config.clocks else "")
+                + f"dir={root}"
             )
             await cluster.start()
             say("cluster " + " ".join(f"{r.name}=pid:{r.pid}@{r.address}" for r in cluster.replicas))
@@ -195,7 +214,9 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
                 senders=processes,
             )
             started = time.monotonic()
-            await _run_workload(config, schedule, cluster, nemesis, senders, readers, history, say, started, processes)
+            await _run_workload(
+                config, schedule, cluster, nemesis, senders, readers, history, say, started, processes, root
+            )
             load_s = time.monotonic() - started
             # sender processes finish their sends in flight and exit; their homes (outboxes) stay
             await asyncio.gather(*(p.stop() for p in processes))
@@ -291,6 +312,7 @@ def _sender(
         rng=random.Random(rng.random()),
         history=history,
         rate_per_s=config.rate_per_s / config.senders,
+        in_flight_max=config.in_flight_max,
     )
 
 
@@ -315,8 +337,32 @@ def _sender_process(
         outbox_expiry_s=OUTBOX_EXPIRY_S,
         history_dir=str(root),
         t0_s=history.t0_s,
+        in_flight_max=config.in_flight_max,
     )
-    return SenderProcess(spec, log_path=root / f"sender-{i + 1}.log")
+    clock = by_name(config.clocks).get(spec.name)
+    env = clock_env(_offset_file(root, spec.name)) if clock else None
+    return SenderProcess(spec, log_path=root / f"sender-{i + 1}.log", env=env)
+
+
+def _offset_file(root: Path, name: str) -> Path:
+    return root / f"clock-{name}.txt"
+
+
+async def _jump_clocks(
+    config: ChaosConfig, root: Path, history: History, say: Callable[[str], None], stop: asyncio.Event
+) -> None:
+    """At each spec's time, move that process's clock to its new offset."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for spec in sorted((c for c in config.clocks if c.jump_to), key=lambda c: c.jump_at_s):
+        assert spec.jump_to is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, started + spec.jump_at_s - loop.time()))
+        if stop.is_set():
+            return
+        set_offset(_offset_file(root, spec.name), spec.jump_to)
+        history.record("clock_jump", process=spec.name, offset_from=spec.offset, offset_to=spec.jump_to)
+        say(f"clock  {spec.name} jumps {spec.offset} -> {spec.jump_to}")
 
 
 def _reader(
@@ -361,6 +407,7 @@ async def _run_workload(
     say: Callable[[str], None],
     started: float,
     processes: Sequence[SenderProcess] = (),
+    root: Path = Path(),
 ) -> None:
     stop = asyncio.Event()
 
@@ -378,6 +425,7 @@ async def _run_workload(
         tg.create_task(nemesis.run(schedule, started_at=started, stop=stop))
         tg.create_task(ticker())
         tg.create_task(_sample_resources(cluster, processes, history, stop, interval_s=config.sample_interval_s))
+        tg.create_task(_jump_clocks(config, root, history, say, stop))
         await asyncio.sleep(config.duration_s)
         stop.set()
         say("stop   workload stopping; waiting for sends in flight")

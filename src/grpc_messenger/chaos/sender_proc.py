@@ -52,6 +52,7 @@ class SenderSpec:
     outbox_expiry_s: float
     history_dir: str
     t0_s: float  # the harness history's clock base (CLOCK_MONOTONIC is host-wide)
+    in_flight_max: int = 16
 
     def history_path(self, incarnation: int) -> Path:
         """The history file of one incarnation."""
@@ -93,6 +94,7 @@ async def run_sender(spec: SenderSpec, incarnation: int) -> None:
                 rng=random.Random(spec.seed * 1000 + incarnation),
                 history=history,
                 rate_per_s=spec.rate_per_s,
+                in_flight_max=spec.in_flight_max,
             )
             await sender.run(stop, messages_max=MESSAGES_MAX)
     finally:
@@ -102,9 +104,10 @@ async def run_sender(spec: SenderSpec, incarnation: int) -> None:
 class SenderProcess:
     """The harness's handle on one sender process and its incarnations."""
 
-    def __init__(self, spec: SenderSpec, log_path: Path) -> None:
+    def __init__(self, spec: SenderSpec, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.log_path = log_path
+        self.env = env or {}  # added to the process's environment (a lying clock)
         self.incarnation = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -125,7 +128,7 @@ class SenderProcess:
         path = self.spec.history_path(self.incarnation)
         args = [sys.executable, "-m", "grpc_messenger.chaos.sender_proc", json.dumps(asdict(self.spec))]
         args.append(str(self.incarnation))
-        self.process = await asyncio.to_thread(_spawn, args, self.log_path)
+        self.process = await asyncio.to_thread(_spawn, args, self.log_path, self.env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (path.exists() and path.stat().st_size > 0):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -170,9 +173,15 @@ class SenderProcess:
                 await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+        )
 
 
 def main() -> None:

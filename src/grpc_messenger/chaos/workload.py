@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SENDS_IN_FLIGHT_MAX = 16  # per sender: what lets the client batch
 DRAIN_ROUNDS_MAX = 20
-PAGES_PER_READ_MAX = 200
+READ_PAGES_MAX = 200
 FETCH_PAGE_SIZE = 500
 BODY_PAD_CHARS_MAX = 200
 
@@ -55,8 +55,11 @@ class Sender:
         rng: random.Random,
         history: History,
         rate_per_s: float,
+        in_flight_max: int = SENDS_IN_FLIGHT_MAX,
     ) -> None:
         assert rate_per_s > 0
+        assert in_flight_max >= 1
+        self._in_flight_max = in_flight_max
         self.name = name
         self.address = f"{name}@chaos.test"
         self._tag = run_tag
@@ -70,7 +73,7 @@ class Sender:
 
     async def run(self, stop: asyncio.Event, *, messages_max: int) -> None:
         """Send until `stop` is set (or messages_max), then wait for sends in flight."""
-        slots = asyncio.Semaphore(SENDS_IN_FLIGHT_MAX)
+        slots = asyncio.Semaphore(self._in_flight_max)
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         try:
@@ -127,6 +130,7 @@ class Reader:
         self.mailboxes = list(mailboxes)
         self._rng = rng
         self._history = history
+        self.reads = 0  # numbers each receive() so the checker can judge the order within one
 
     async def receive(self, mailbox: str) -> int:
         """One read of one mailbox; record what was shown; return how many."""
@@ -140,8 +144,18 @@ class Reader:
             self._history.record("read_fail", process=self.name, mailbox=mailbox, error=error)
             log.warning("event=chaos.receive_crashed mailbox=%s error=%r", mailbox, exc)
             return 0
+        self.reads += 1
         for m in report.messages:
-            self._history.record("deliver", process=self.name, mailbox=mailbox, key=m.key, body=m.body)
+            self._history.record(
+                "deliver",
+                process=self.name,
+                mailbox=mailbox,
+                key=m.key,
+                body=m.body,
+                sender=m.sender,
+                created_unix_ms=m.created_unix_ms,
+                read=self.reads,
+            )
         return len(report.messages)
 
     async def run(self, stop: asyncio.Event, *, pause_s: tuple[float, float]) -> None:
@@ -213,7 +227,7 @@ class RawReader(Reader):
         found: list[Message] = []
         try:
             async for page in fetch_pages(
-                stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=self._timeout_s, pages_max=PAGES_PER_READ_MAX
+                stub, mailbox, page_size=FETCH_PAGE_SIZE, timeout_s=self._timeout_s, pages_max=READ_PAGES_MAX
             ):
                 found.extend(page.messages())
         except MessengerError:

@@ -15,10 +15,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from grpc_messenger.config import ServerConfig
+from grpc_messenger.config import DEFAULT_SERVERS, ServerConfig, servers_from_env
 from grpc_messenger.display import escape_control
 from grpc_messenger.errors import StoreError
-from grpc_messenger.server import probe
+from grpc_messenger.server import compaction, probe
 from grpc_messenger.store import maintenance
 
 out = Console(highlight=False, soft_wrap=True)
@@ -103,11 +103,51 @@ def check_command(data_dir: Path, as_json: bool) -> None:
     show_default=True,
     help="Purge tombstones older than this many seconds (as the replica's own --tombstone-grace).",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="The replica's peers (repeat; default MESSENGER_PEERS): a tombstone goes only when each confirms.",
+)
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TOKEN_FILE",
+    help="A peer token, when the peers require auth [env MESSENGER_PEER_TOKEN_FILE].",
+)
+@click.option(
+    "--peer-tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MESSENGER_PEER_TLS_CA",
+    help="Call the peers over TLS trusting this CA [env MESSENGER_PEER_TLS_CA].",
+)
 @_JSON
-def compact_command(data_dir: Path, tombstone_grace_s: float, as_json: bool) -> None:
-    """Purge expired tombstones and give the space back to the file system; the replica must be stopped."""
+def compact_command(
+    data_dir: Path,
+    tombstone_grace_s: float,
+    peers: tuple[str, ...],
+    peer_token_file: Path | None,
+    peer_tls_ca: Path | None,
+    as_json: bool,
+) -> None:
+    """Purge expired tombstones and give the space back to the file system; the replica must be stopped.
+
+    Give it the replica's peers: as on a running replica, a tombstone past the grace
+    goes only when every peer confirms it holds no queued copy. Without peers every
+    tombstone past the grace goes (right for a replica that has none).
+    """
+    peers = peers or servers_from_env("MESSENGER_PEERS")
+    token = peer_token_file.read_text().strip() if peer_token_file is not None else ""
+
+    async def purge(path: Path) -> int:
+        stats = await compaction.purge_expired(
+            path, tombstone_grace_s=tombstone_grace_s, peers=peers, peer_token=token, peer_tls_ca=peer_tls_ca
+        )
+        return stats.purged
+
     try:
-        report = maintenance.compact(data_dir, tombstone_grace_s=tombstone_grace_s)
+        report = maintenance.compact(data_dir, purge=purge)
     except StoreError as exc:
         _fail(exc)
         return
@@ -121,7 +161,7 @@ def compact_command(data_dir: Path, tombstone_grace_s: float, as_json: bool) -> 
 
 
 @admin.command("health")
-@click.option("--address", default="127.0.0.1:50051", show_default=True, help="The replica to ask (host:port).")
+@click.option("--address", default=DEFAULT_SERVERS[0], show_default=True, help="The replica to ask (host:port).")
 @click.option(
     "--service",
     default="",
@@ -140,7 +180,7 @@ def compact_command(data_dir: Path, tombstone_grace_s: float, as_json: bool) -> 
     type=click.FloatRange(min=0.1, max=60),
     default=3.0,
     show_default=True,
-    help="Seconds to wait for the health answer.",
+    help="Seconds to wait for the answer.",
 )
 def health_command(address: str, service: str, tls_ca: Path | None, server_name: str | None, timeout_s: float) -> None:
     """Ask a replica's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (container and probe checks)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from grpc_messenger.chaos import SCENARIOS, ChaosConfig, ChaosResult, run_chaos
+from grpc_messenger.chaos.clocks import ClockSpec
 from grpc_messenger.chaos.runner import report_json
 
 
@@ -53,6 +54,14 @@ from grpc_messenger.chaos.runner import report_json
     help="Messages per second, all senders together.",
 )
 @click.option(
+    "--in-flight",
+    "in_flight_max",
+    type=click.IntRange(1, 4096),
+    default=16,
+    show_default=True,
+    help="Sends in flight per sender; with a high --rate, what bounds the load (full speed: --rate 100000).",
+)
+@click.option(
     "--settle-max",
     "settle_max_s",
     type=click.FloatRange(min=1, max=3600),
@@ -89,6 +98,19 @@ from grpc_messenger.chaos.runner import report_json
     is_flag=True,
     help="Senders in their own processes (SIGKILLed and restarted on their homes by kill_sender faults).",
 )
+@click.option(
+    "--clock",
+    "clocks",
+    multiple=True,
+    metavar="NAME=OFFSET[>OFFSET@S]",
+    help="A lying clock (libfaketime): r1=+40d, s2=-1d (needs --sender-processes), r3=+0>-2h@20 (jumps at 20 s).",
+)
+@click.option(
+    "--tombstone-grace",
+    "tombstone_grace_s",
+    type=click.FloatRange(min=1),
+    help="Passed to every replica's --tombstone-grace [default: the replica's own, 30 days].",
+)
 @click.option("--no-outbox", is_flag=True, help="Senders without the durable outbox (hinted hand-off).")
 @click.option("--no-repair", is_flag=True, help="Replicas without peers (no anti-entropy).")
 @click.option("--no-inbox-dedup", is_flag=True, help="Readers Fetch+Ack without the local inbox.")
@@ -112,11 +134,14 @@ def chaos_command(
     readers: int,
     mailboxes: int,
     rate_per_s: float,
+    in_flight_max: int,
     settle_max_s: float,
     repair_interval_s: float,
     data_loss_gap_s: float,
     sample_interval_s: float,
     sender_processes: bool,
+    clocks: tuple[str, ...],
+    tombstone_grace_s: float | None,
     no_outbox: bool,
     no_repair: bool,
     no_inbox_dedup: bool,
@@ -142,18 +167,21 @@ def chaos_command(
         readers=readers,
         mailboxes=mailboxes,
         rate_per_s=rate_per_s,
+        in_flight_max=in_flight_max,
         settle_max_s=settle_max_s,
         repair_interval_s=repair_interval_s,
         data_loss_gap_s=data_loss_gap_s,
         sample_interval_s=sample_interval_s,
         sender_processes=sender_processes,
+        clocks=tuple(ClockSpec.parse(c) for c in clocks),
+        tombstone_grace_s=tombstone_grace_s,
         outbox=not no_outbox,
         repair=not no_repair,
         inbox_dedup=not no_inbox_dedup,
         history_path=history_path,
         work_dir=work_dir,
     )
-    click.echo(f"chaos: seed {seed} (replay: messenger chaos --duration {duration_s:g} --seed {seed})")
+    click.echo(f"chaos: seed {seed} (replay: {replay_command(config)})")
     try:
         result = asyncio.run(_run_until_signalled(config))
     except asyncio.CancelledError:
@@ -178,6 +206,28 @@ async def _run_until_signalled(config: ChaosConfig) -> ChaosResult:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def replay_command(config: ChaosConfig) -> str:
+    """The command line that replays this run's schedule (the settings that shape it)."""
+    default = ChaosConfig(seed=0)
+    parts = ["messenger chaos", f"--duration {config.duration_s:g}", f"--seed {config.seed}"]
+    if config.scenario != "mixed":
+        parts.append(f"--scenario {config.scenario}")
+    if config.rate_per_s != default.rate_per_s:
+        parts.append(f"--rate {config.rate_per_s:g}")
+    if config.in_flight_max != default.in_flight_max:
+        parts.append(f"--in-flight {config.in_flight_max}")
+    if config.data_loss_gap_s != default.data_loss_gap_s:
+        parts.append(f"--data-loss-gap {config.data_loss_gap_s:g}")
+    if config.sender_processes:
+        parts.append("--sender-processes")
+    if config.senders != default.senders:
+        parts.append(f"--senders {config.senders}")
+    parts += [f"--clock {c.describe()}" for c in config.clocks]
+    if config.tombstone_grace_s:
+        parts.append(f"--tombstone-grace {config.tombstone_grace_s:g}")
+    return " ".join(parts)
+
+
 def print_report(result: ChaosResult) -> None:
     """The figures, one per line, verdict last."""
     r = result.report
@@ -195,6 +245,7 @@ def print_report(result: ChaosResult) -> None:
             f"(delivered once: {r.in_doubt_delivered}, at most once is the rule)"
         )
     click.echo(f"  lost            {r.lost}   {' '.join(r.lost_sample)}")
+    click.echo(f"  misordered      {r.misordered} reads (order: creation time, sender, key)")
     click.echo(f"  duplicated      {r.duplicated}   {' '.join(r.duplicated_sample)}")
     click.echo(f"  phantom         {r.phantom}   {' '.join(r.phantom_sample)}")
     click.echo(f"  under_replicated {r.under_replicated}")
@@ -210,7 +261,7 @@ def print_report(result: ChaosResult) -> None:
                     line += f" {fig.figure} {fig.first:g}->{fig.last:g} (peak {fig.peak})"
             click.echo(line + ("  GROWING" if any(g.process == t.process for g in result.growing) else ""))
     verdict = "PASS" if result.ok else "FAIL"
-    click.echo(f"{verdict}: lost={r.lost} duplicated={r.duplicated} phantom={r.phantom}")
+    click.echo(f"{verdict}: lost={r.lost} duplicated={r.duplicated} phantom={r.phantom} misordered={r.misordered}")
     if r.settle_s is None or r.under_replicated:
         # not an exit-status failure (the contract's promise is about loss), but the repair promise is broken
         click.echo(f"WARN: replicas did not converge: under_replicated={r.under_replicated} after the settle bound")

@@ -6,9 +6,6 @@ Every failure is one clear line on stderr and a documented exit status
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from grpc_messenger import logs
 from grpc_messenger._version import __version__
 from grpc_messenger.cli import bulk, exit_codes, render, security_cmds
 from grpc_messenger.cli import cluster as local_cluster
@@ -27,10 +25,10 @@ from grpc_messenger.cli.outbox_cmds import outbox
 from grpc_messenger.cli.session import client_session
 from grpc_messenger.cli.settings import Globals, client_default, default_config_path, home_of, load_file
 from grpc_messenger.client.inbox import LocalInbox
-from grpc_messenger.config import DEFAULT_SERVERS, ClientConfig, ServerConfig, servers_from_env
+from grpc_messenger.config import DEFAULT_PORTS, DEFAULT_SERVERS, ClientConfig
 from grpc_messenger.errors import InvalidInput, MessengerError
 from grpc_messenger.launch import ServeProcess
-from grpc_messenger.model import MAX_BODY_BYTES_DEFAULT, QuorumNotReached, SendReport, new_key, validate_address
+from grpc_messenger.model import QuorumNotReached, SendReport, new_key, validate_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +49,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file (servers, write_quorum, timeout_s, home) [env MESSENGER_CONFIG].",
+    help="TOML config file (servers, write_quorum, timeout_s, home, token, tls, tls_ca, client_cert, "
+    "client_key) [env MESSENGER_CONFIG; default ~/.config/grpc-messenger/config.toml].",
 )
 @click.option(
     "--timeout",
@@ -71,6 +70,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Log level; logs go to stderr as key=value events [default: info for serve, cluster, chaos and "
     "bench; error for the client commands, whose results and failures are their output].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="kv",
+    envvar="MESSENGER_LOG_FORMAT",
+    show_default=True,
+    help="Log lines as key=value events or as one JSON object each [env MESSENGER_LOG_FORMAT].",
 )
 @click.option(
     "--token",
@@ -107,6 +114,7 @@ def cli(
     timeout_s: float | None,
     home: Path | None,
     log_level: str | None,
+    log_format: str,
     token: str | None,
     use_tls: bool,
     tls_ca: Path | None,
@@ -120,12 +128,7 @@ def cli(
     """
     if log_level is None:
         log_level = "info" if ctx.invoked_subcommand in _SERVICE_COMMANDS else "error"
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+    logs.configure(level=log_level, log_format=log_format)
     file = load_file(config_path or default_config_path(), required=config_path is not None)
     ctx.obj = Globals(
         servers=servers,
@@ -148,221 +151,12 @@ _SERVICE_COMMANDS = ("serve", "cluster", "chaos", "bench")
 
 
 @cli.command()
-@click.option(
-    "--listen",
-    multiple=True,
-    metavar="HOST:PORT",
-    envvar="MESSENGER_LISTEN",
-    help="Address to listen on; repeat for several [default 127.0.0.1:50051].",
-)
-@click.option("--ip", help="Original form: host to listen on (with --port).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Original form: port to listen on (with --ip).")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("messenger-data/replica-1"),
-    show_default=True,
-    envvar="MESSENGER_DATA_DIR",
-    help="Where the SQLite store lives.",
-)
-@click.option(
-    "--store",
-    type=click.Choice(["sqlite", "memory"]),
-    default="sqlite",
-    show_default=True,
-    help="sqlite: durable (fsync before every acknowledgement); memory: for tests, lost on exit.",
-)
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(1, 1024 * 1024),
-    default=MAX_BODY_BYTES_DEFAULT,
-    show_default=True,
-    help="Largest message body accepted.",
-)
-@click.option(
-    "--grace",
-    "grace_s",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds in-flight calls get to finish on SIGTERM.",
-)
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="Another replica to repair with (anti-entropy); repeat for each [env MESSENGER_PEERS, comma-separated].",
-)
-@click.option(
-    "--repair-interval",
-    "repair_interval_s",
-    type=click.FloatRange(0.05, 3600),
-    default=5.0,
-    show_default=True,
-    help="Seconds between repair rounds (jittered).",
-)
-@click.option(
-    "--tombstone-grace",
-    "tombstone_grace_s",
-    type=click.FloatRange(min=1),
-    default=30 * 24 * 3600.0,
-    show_default=True,
-    help="Seconds a tombstone of an acked message is kept (must exceed the senders' outbox expiry).",
-)
-@click.option(
-    "--metrics-listen",
-    metavar="HOST:PORT",
-    envvar="MESSENGER_METRICS_LISTEN",
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).",
-)
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
-@click.option(
-    "--auth-public-key",
-    "auth_public_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_AUTH_PUBLIC_KEY",
-    help="Require tokens signed by this key (messenger keys init); repeat to rotate keys.",
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_TLS_CERT",
-    help="TLS certificate (PEM) for every listener, with --tls-key.",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_TLS_KEY",
-    help="TLS private key (PEM) for --tls-cert.",
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_TLS_CLIENT_CA",
-    help="Mutual TLS: require client certificates signed by this CA.",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Allow listening beyond loopback without auth and TLS (warns on every start).",
-)
-@click.option(
-    "--peer-token-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_PEER_TOKEN_FILE",
-    help="File holding a peer token (messenger token issue NAME --peer) for repair calls to peers "
-    "[or the token itself in env MESSENGER_PEER_TOKEN].",
-)
-@click.option(
-    "--peer-tls-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="MESSENGER_PEER_TLS_CA",
-    help="Call peers over TLS, trusting this CA.",
-)
-@click.option(
-    "--quota-messages",
-    type=click.IntRange(min=0),
-    default=1_000_000,
-    show_default=True,
-    help="Most messages queued per mailbox (0 = unlimited).",
-)
-@click.option(
-    "--quota-bytes",
-    type=click.IntRange(min=0),
-    default=1024**3,
-    show_default=True,
-    help="Most body bytes queued per mailbox (0 = unlimited).",
-)
-@click.option(
-    "--send-rate",
-    "send_rate_per_s",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Messages per second each identity (client host without auth) may send (0 = unlimited).",
-)
-@click.option(
-    "--send-burst",
-    type=click.IntRange(min=0),
-    default=0,
-    help="Token-bucket size for --send-rate [default: one second of --send-rate].",
-)
-def serve(
-    listen: tuple[str, ...],
-    ip: str | None,
-    port: int | None,
-    data_dir: Path,
-    store: str,
-    max_body_bytes: int,
-    grace_s: float,
-    peers: tuple[str, ...],
-    repair_interval_s: float,
-    tombstone_grace_s: float,
-    metrics_listen: str | None,
-    ready_file: Path | None,
-    auth_public_keys: tuple[Path, ...],
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    insecure: bool,
-    peer_token_file: Path | None,
-    peer_tls_ca: Path | None,
-    quota_messages: int,
-    quota_bytes: int,
-    send_rate_per_s: float,
-    send_burst: int,
-) -> None:
-    """Run one replica until SIGTERM or Ctrl-C (then drain and stop cleanly)."""
-    from grpc_messenger.server.replica import run_replica
-
-    addresses = list(listen)
-    if ip is not None or port is not None:
-        host = ip or "[::]"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        addresses.append(f"{host}:{50051 if port is None else port}")
-    config = ServerConfig(
-        listen=tuple(addresses) or ("127.0.0.1:50051",),
-        data_dir=data_dir,
-        store=store,
-        max_body_bytes=max_body_bytes,
-        grace_s=grace_s,
-        ready_file=ready_file,
-        auth_public_keys=auth_public_keys,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        insecure=insecure,
-        peer_token=_peer_token(peer_token_file),
-        peer_tls_ca=peer_tls_ca,
-        quota_messages_max=quota_messages,
-        quota_bytes_max=quota_bytes,
-        send_rate_per_s=send_rate_per_s,
-        send_burst=send_burst,
-        peers=peers or servers_from_env("MESSENGER_PEERS"),
-        repair_interval_s=repair_interval_s,
-        tombstone_grace_s=tombstone_grace_s,
-        metrics_listen=metrics_listen,
-    )
-    asyncio.run(run_replica(config))
-
-
-def _peer_token(path: Path | None) -> str:
-    # from a file (kept out of `ps` and shell history), else the environment
-    if path is not None:
-        return path.read_text().strip()
-    return os.environ.get("MESSENGER_PEER_TOKEN", "").strip()
-
-
-@cli.command()
 @click.option("--replicas", "-n", type=click.IntRange(1, 9), default=3, show_default=True, help="How many replicas.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the replicas listen on.")
 @click.option(
     "--base-port",
     type=click.IntRange(0, 65535),
-    default=50051,
+    default=DEFAULT_PORTS[0],
     show_default=True,
     help="First port; replicas take consecutive ports (0: any free ports).",
 )
@@ -396,7 +190,8 @@ def cluster(
     for replica in running:
         replica_id = replica.ready.replica_id if replica.ready is not None else "?"
         out.print(f"  {replica.name}  {replica.address}  pid {replica.pid}  id {replica_id}")
-    default_note = "   (this is also the default)" if base_port == 50051 and replicas == 3 else ""
+    is_default = (base_port, replicas) == (DEFAULT_PORTS[0], len(DEFAULT_PORTS))
+    default_note = "   (this is also the default)" if is_default else ""
     out.print(f"clients: export MESSENGER_SERVERS={servers}{default_note}")
     for line in client_env:
         out.print(f"         {line}")
@@ -664,3 +459,13 @@ cli.add_command(admin)
 from grpc_messenger.cli.tui import tui  # noqa: E402
 
 cli.add_command(tui)
+
+from grpc_messenger.cli.config_cmd import config_group  # noqa: E402
+from grpc_messenger.cli.serve import serve  # noqa: E402
+
+cli.add_command(serve)
+cli.add_command(config_group)
+
+from grpc_messenger.cli.web import web  # noqa: E402
+
+cli.add_command(web)

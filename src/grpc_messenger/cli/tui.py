@@ -49,7 +49,8 @@ def run_app(config: ClientConfig, *, address: str, require_token: bool) -> None:
         config = dataclasses.replace(config, token="")
     _log_to_file(config.data_dir)
     defaults = SignIn(address=address, servers=config.servers, token=config.token)
-    MessengerApp(defaults=defaults, opener=library_opener(config), require_token=require_token).run()
+    opener = library_opener(config, check_token=require_token)
+    MessengerApp(defaults=defaults, opener=opener, require_token=require_token).run()
 
 
 def _log_to_file(data_dir: Path | None) -> None:

@@ -3,10 +3,12 @@
 A message is shown to its reader when its key first enters the inbox; a key
 already there is never shown again, however many replicas (or later reads)
 return it. That is what makes delivery exactly-once on the reader's side.
+Owners are normalized addresses: one inbox however the address is capitalised.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -14,7 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc_messenger.model import Message
+from grpc_messenger.errors import InboxError
+from grpc_messenger.model import Message, normalize_address
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -49,10 +52,15 @@ class LocalInbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # no file descriptor left, a full disk, a read-only home
+            raise InboxError(
+                f"cannot open the local inbox {self.path} ({exc}); nothing was read or acknowledged"
+            ) from exc
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> LocalInbox:
@@ -62,24 +70,43 @@ class LocalInbox:
     def store_new(self, owner: str, messages: Sequence[Message]) -> list[Message]:
         """Durably store the messages not yet in the inbox (as not shown); return exactly those.
 
-        One transaction per call, so a page costs one fsync.
+        One transaction per call (one fsync a page): one lookup of the keys already
+        held and one executemany of the rest, however many messages.
         """
+        owner = normalize_address(owner)
         now_ms = int(time.time() * 1000)
-        fresh: list[Message] = []
+        keys = json.dumps([m.key for m in messages])
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                for m in messages:
-                    cursor = self._conn.execute(
-                        "INSERT OR IGNORE INTO inbox (owner, msg_key, sender, body, created_unix_ms,"
-                        " legacy_id, received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms),
+                held = {
+                    key
+                    for (key,) in self._conn.execute(
+                        "SELECT msg_key FROM inbox WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                        (owner, keys),
                     )
-                    if cursor.rowcount == 1:
+                }
+                fresh: list[Message] = []
+                for m in messages:
+                    if m.key not in held:
+                        held.add(m.key)  # a key twice in one call is stored once
                         fresh.append(m)
+                self._conn.executemany(
+                    "INSERT INTO inbox (owner, msg_key, sender, body, created_unix_ms, legacy_id, received_unix_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
+                )
                 self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk): a second
+                # ROLLBACK would raise "no transaction is active" and hide the real cause
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise InboxError(
+                        f"the local inbox {self.path} cannot store new messages ({exc}); nothing was"
+                        " acknowledged, so they stay queued on the replicas: free space and read again"
+                    ) from exc
                 raise
         return fresh
 
@@ -89,6 +116,7 @@ class LocalInbox:
         Includes messages stored by an earlier read that died before showing them.
         """
         assert limit is None or limit >= 1
+        owner = normalize_address(owner)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -100,8 +128,9 @@ class LocalInbox:
                 if limit is None:
                     self._conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
                 else:
-                    self._conn.executemany(
-                        "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key = ?", [(owner, r[0]) for r in rows]
+                    self._conn.execute(
+                        "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                        (owner, json.dumps([r[0] for r in rows])),
                     )
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -124,6 +153,7 @@ class LocalInbox:
 
     def history(self, owner: str, *, limit: int = 1000) -> list[Message]:
         """The most recent `limit` delivered messages of `owner`, oldest first."""
+        owner = normalize_address(owner)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox WHERE owner = ?"
@@ -134,6 +164,7 @@ class LocalInbox:
 
     def count(self, owner: str) -> int:
         """How many messages `owner` has received in all."""
+        owner = normalize_address(owner)
         with self._lock:
             (n,) = self._conn.execute("SELECT count(*) FROM inbox WHERE owner = ?", (owner,)).fetchone()
         return int(n)

@@ -24,6 +24,12 @@ from grpc_messenger.model import Message
 OUTBOX_FILE = "outbox.sqlite3"
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
+# The wall clock may be stepped. A delivery due further ahead than any backoff can
+# only come from a clock that went back: it is due now, not hours later. And a
+# delivery expires only after this many failed attempts as well as after the
+# expiry, so a clock that jumps ahead cannot expire deliveries nobody tried.
+DUE_AHEAD_MAX_MS = int(2 * BACKOFF_CAP_S * 1000)
+EXPIRE_ATTEMPTS_MIN = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -142,17 +148,19 @@ class Outbox:
         now = self._clock_ms() if not all_pending else 1 << 62
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE expired = 0 AND next_due_ms <= ? ORDER BY next_due_ms LIMIT ?",
-                (now, limit),
+                f"SELECT {_COLUMNS} FROM outbox WHERE expired = 0 AND (next_due_ms <= ? OR next_due_ms > ?)"
+                " ORDER BY next_due_ms LIMIT ?",
+                (now, now + DUE_AHEAD_MAX_MS, limit),
             ).fetchall()
         return [_owed(row) for row in rows]
 
     def expire(self, *, expiry_s: float) -> int:
-        """Mark deliveries owed for longer than `expiry_s` as expired; return how many."""
+        """Mark deliveries owed for longer than `expiry_s` (and tried often enough) as expired; return how many."""
         cutoff = self._clock_ms() - int(expiry_s * 1000)
         with self._lock:
             cursor = self._conn.execute(
-                "UPDATE outbox SET expired = 1 WHERE expired = 0 AND first_owed_ms < ?", (cutoff,)
+                "UPDATE outbox SET expired = 1 WHERE expired = 0 AND first_owed_ms < ? AND attempts >= ?",
+                (cutoff, EXPIRE_ATTEMPTS_MIN),
             )
         return cursor.rowcount
 

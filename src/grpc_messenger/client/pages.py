@@ -16,7 +16,7 @@ from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 # A walk stops after this many pages (1000 x 1000 messages); what is left is read by
 # the next walk. Every loop has a bound.
-PAGES_PER_READ_MAX = 1000
+READ_PAGES_MAX = 1000
 PAGE_SIZE_MAX = 1000
 
 Metadata = tuple[tuple[str, str], ...] | None
@@ -47,7 +47,7 @@ async def fetch_pages(
     timeout_s: float,
     metadata: Metadata = None,
     after_seq: int = 0,
-    pages_max: int = PAGES_PER_READ_MAX,
+    pages_max: int = READ_PAGES_MAX,
 ) -> AsyncIterator[wire.FetchedPage]:
     """The pages of `mailbox` on one replica, at most `pages_max` of them. Raises MessengerError."""
     assert pages_max >= 1
@@ -84,7 +84,7 @@ def fetch_pages_sync(
     timeout_s: float,
     metadata: Metadata = None,
     after_seq: int = 0,
-    pages_max: int = PAGES_PER_READ_MAX,
+    pages_max: int = READ_PAGES_MAX,
 ) -> Iterator[wire.FetchedPage]:
     """`fetch_pages` over a blocking channel (tests and tools)."""
     assert 1 <= page_size <= PAGE_SIZE_MAX

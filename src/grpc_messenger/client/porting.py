@@ -1,6 +1,6 @@
-"""The original three-function flow, for code ported from the seed client.
+"""The original three-function flow, for code ported from the original client (README: Porting).
 
-The seed did: send to every server, receive from every server, extract the
+The original client did: send to every server, receive from every server, extract the
 unique messages. These helpers keep that shape on top of the library, with
 its guarantees (unique keys, quorum, linear de-duplication, no lost mail).
 """
@@ -25,5 +25,5 @@ def receive_from_all(messenger: Messenger, address: str) -> list[Message]:
 
 
 def extract_unique(batches: Iterable[Iterable[Message]]) -> list[Message]:
-    """One message per key, in display order, in linear time (the seed's was O(n^2))."""
+    """One message per key, in display order, in linear time (the original client's was O(n^2))."""
     return merge_unique(batches)

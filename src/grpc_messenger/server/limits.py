@@ -27,7 +27,7 @@ def request_bytes_max(config: ServerConfig) -> int:
 
     gRPC refuses larger frames (RESOURCE_EXHAUSTED) before parsing them.
     """
-    batch = config.batch_messages_max * (config.max_body_bytes + _ENVELOPE_BYTES)
+    batch = config.batch_messages_max * (config.body_bytes_max + _ENVELOPE_BYTES)
     acks = config.ack_keys_max * (MAX_KEY_CHARS + 4)
     return min(GRPC_MESSAGE_BYTES_MAX, max(_REQUEST_BYTES_MIN, batch, acks))
 

@@ -68,6 +68,30 @@ class ReplicaMetrics:
         self.store_bytes = Gauge(
             "messenger_store_bytes", "Bytes the store takes on disk (file, WAL, shm)", registry=self.registry
         )
+        self.commit_ops = Histogram(
+            "messenger_commit_ops",
+            "Write operations (a SendBatch is one) group-committed with one fsync",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "messenger_commit_seconds",
+            "Time one group commit took, fsync included",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.repair_differing = Gauge(
+            "messenger_repair_mailboxes_differing",
+            "Mailboxes that differed from the peer in the last round with it (0: in agreement)",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.repair_last_ok = Gauge(
+            "messenger_repair_last_success_timestamp_seconds",
+            "Unix time of the last repair round with the peer that completed",
+            ["peer"],
+            registry=self.registry,
+        )
         self._http: Any = None
 
     def observe_store(self, counts: StoreCounts) -> None:
@@ -81,6 +105,17 @@ class ReplicaMetrics:
         self.disk_full.set(1 if full else 0)
         self.disk_free_bytes.set(free_bytes)
         self.store_bytes.set(store_bytes)
+
+    def observe_commit(self, ops: int, seconds: float) -> None:
+        """One group commit of `ops` operations; called from the store's writer thread (thread-safe)."""
+        self.commit_ops.observe(ops)
+        self.commit_seconds.observe(seconds)
+
+    def observe_repair_round(self, peer: str, *, ok: bool, mailboxes_differing: int) -> None:
+        """The outcome of one repair round with `peer`: repair lag, as mailboxes still differing and age."""
+        if ok:
+            self.repair_differing.labels(peer).set(mailboxes_differing)
+            self.repair_last_ok.labels(peer).set(time.time())
 
     def serve(self, address: str) -> int:
         """Serve /metrics on `address` (host:port, port 0 for any); return the port."""

@@ -67,7 +67,7 @@ class Repairer:
         interval_s: float,
         rate_per_s: float,
         timeout_s: float,
-        max_body_bytes: int,
+        body_bytes_max: int,
         tombstone_grace_s: float,
         channel_factory: ChannelFactory | None = None,
         metrics: ReplicaMetrics | None = None,
@@ -81,7 +81,7 @@ class Repairer:
         self._peers = peers
         self._interval_s = interval_s
         self._timeout_s = timeout_s
-        self._max_body_bytes = max_body_bytes
+        self._body_bytes_max = body_bytes_max
         self._tombstone_grace_ms = int(tombstone_grace_s * 1000)
         assert rate_per_s > 0
         # the same bucket that limits senders: a second of pulls as burst
@@ -141,6 +141,7 @@ class Repairer:
             self._metrics.repair.labels("pulled").inc(stats.pulled)
             self._metrics.repair.labels("tombstoned").inc(stats.tombstoned)
             self._metrics.repair.labels("rejected").inc(stats.rejected)
+            self._metrics.observe_repair_round(peer, ok=result == "ok", mailboxes_differing=stats.differing)
         if stats.pulled or stats.tombstoned or stats.rejected:
             log.info(
                 "event=repair.repaired peer=%s compared=%d differing=%d pulled=%d tombstoned=%d rejected=%d ms=%d",
@@ -215,7 +216,7 @@ class Repairer:
             messages = []
             for item in response.messages:
                 try:
-                    message = wire.message_from_pb(item, max_body_bytes=self._max_body_bytes)
+                    message = wire.message_from_pb(item, body_bytes_max=self._body_bytes_max)
                 except InvalidInput:
                     stats.rejected += 1
                     continue

@@ -123,6 +123,8 @@ class Replica:
         self.addresses: list[str] = []
         self._health = health.aio.HealthServicer()
         self.metrics = ReplicaMetrics()
+        if isinstance(self.store, SqliteStore):
+            self.store.commit_observer = self.metrics.observe_commit
         self.metrics_address: str | None = None
         self._server = grpc.aio.server(
             # metrics outermost: refused calls are counted with their status code
@@ -153,8 +155,8 @@ class Replica:
                 config.peers,
                 interval_s=config.repair_interval_s,
                 rate_per_s=config.repair_rate_per_s,
-                timeout_s=10.0,
-                max_body_bytes=config.max_body_bytes,
+                timeout_s=config.repair_timeout_s,
+                body_bytes_max=config.body_bytes_max,
                 tombstone_grace_s=config.tombstone_grace_s,
                 channel_factory=_peer_channels(config),
                 metrics=self.metrics,

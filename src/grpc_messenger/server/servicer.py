@@ -126,7 +126,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
         request.DiscardUnknownFields()
         row, _ = wire.row_from_pb(
-            request, max_body_bytes=self._config.max_body_bytes, now_ms=self._now_ms(), addresses=self._addresses
+            request, body_bytes_max=self._config.body_bytes_max, now_ms=self._now_ms(), addresses=self._addresses
         )
         result = await self._store.put_rows([row])
         (code,) = result.codes
@@ -147,7 +147,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         request.DiscardUnknownFields()  # stored bytes hold the known fields only: quotas count what is kept
         if len(items) > self._config.batch_messages_max:
             raise InvalidInput(f"batch has {len(items)} messages; the limit is {self._config.batch_messages_max}")
-        max_body_bytes = self._config.max_body_bytes
+        body_bytes_max = self._config.body_bytes_max
         now_ms = self._now_ms()
         addresses = self._addresses
         rows: list[Row] = []
@@ -155,7 +155,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         rejected: dict[int, str] = {}
         for i, item in enumerate(items):
             try:
-                row, derived = wire.row_from_pb(item, max_body_bytes=max_body_bytes, now_ms=now_ms, addresses=addresses)
+                row, derived = wire.row_from_pb(item, body_bytes_max=body_bytes_max, now_ms=now_ms, addresses=addresses)
             except InvalidInput as exc:
                 rejected[i] = str(exc)
                 keys[i] = item.key
@@ -197,7 +197,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         if request.limit < 0:
             raise InvalidInput("limit must not be negative")
         limit = min(request.limit or self._config.fetch_limit_default, FETCH_LIMIT_MAX)
-        page = await self._store.fetch_wire(mailbox, after_seq=request.after_seq, limit=limit, max_bytes=PAGE_BYTES_MAX)
+        page = await self._store.fetch_wire(mailbox, after_seq=request.after_seq, limit=limit, bytes_max=PAGE_BYTES_MAX)
         return wire.fetch_response(page.wires, page.next_after_seq, page.more)
 
     @guarded
@@ -213,7 +213,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     async def ReceiveAll(self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         mailbox = mailbox_of(request.self_email)
         # Bounded so the answer fits one frame; what is left stays queued for the next call.
-        taken = await self._store.take_wire(mailbox, limit=self._config.receive_all_max, max_bytes=PAGE_BYTES_MAX)
+        taken = await self._store.take_wire(mailbox, limit=self._config.receive_all_max, bytes_max=PAGE_BYTES_MAX)
         return wire.messages_response(taken)
 
     # Written with context.write rather than as a generator, so a write can time out.
@@ -246,7 +246,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         while (left_s := ends_at - time.monotonic()) > 0:
             wake.clear()  # before the read: a put landing during it wakes the next wait
             page = await self._store.fetch_wire(
-                mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, max_bytes=SUBSCRIBE_PAGE_BYTES_MAX
+                mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, bytes_max=SUBSCRIBE_PAGE_BYTES_MAX
             )
             if page.wires or page.next_after_seq != after_seq or first:
                 first = False

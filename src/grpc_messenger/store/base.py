@@ -195,11 +195,11 @@ class Store(Protocol):
         """Store validated rows, each once per mailbox, within the store's quota (the write path)."""
         ...
 
-    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> WirePage:
+    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
         """Like `fetch`, as the stored wire bytes: what Fetch and Subscribe serve."""
         ...
 
-    async def take_wire(self, mailbox: str, *, limit: int, max_bytes: int) -> list[bytes]:
+    async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
         """Like `take`, as the stored wire bytes (legacy ReceiveAll)."""
         ...
 
@@ -207,10 +207,10 @@ class Store(Protocol):
         """Like `get_queued`, as the stored wire bytes (repair Pull)."""
         ...
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
         """Up to `limit` queued messages of `mailbox` after position `after_seq`.
 
-        The page stops early once its bodies pass `max_bytes` (always at least one
+        The page stops early once its bodies pass `bytes_max` (always at least one
         message), so a page always fits in one gRPC response.
         """
         ...
@@ -219,7 +219,7 @@ class Store(Protocol):
         """Delete these keys from `mailbox`, leaving tombstones; return how many were queued."""
         ...
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
         """Legacy destructive read: remove and return the oldest queued messages."""
         ...
 

@@ -2,7 +2,8 @@
 
 `backup` and `check` only read: they run against a live replica's file too (WAL
 lets a reader see one consistent snapshot while the writer commits). `compact`
-writes, through the store's own code, so it needs the replica stopped: a
+writes (its purge goes through the store's own code and the replica's purge rule,
+server/compaction.py), so it needs the replica stopped: a
 replica holds an exclusive lock on its data directory (`DataDirLock`) for as
 long as it runs, and compact takes the same lock.
 """
@@ -14,11 +15,10 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from grpc_messenger.errors import StoreError
 from grpc_messenger.store.base import row_checksum
@@ -26,8 +26,6 @@ from grpc_messenger.store.diskspace import bytes_on_disk
 
 STORE_FILE = "replica.sqlite3"
 LOCK_FILE = "replica.lock"
-PURGE_CHUNK = 10_000
-PURGE_CHUNKS_MAX = 10_000  # bounds a compaction at 100 million tombstones
 DAMAGED_LISTED_MAX = 1000
 
 
@@ -189,8 +187,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def compact(data_dir: Path, *, tombstone_grace_s: float, now_ms: int | None = None) -> CompactReport:
-    """Purge tombstones older than the grace period and give the space back (VACUUM); replica stopped."""
+def compact(data_dir: Path, *, purge: Callable[[Path], Coroutine[Any, Any, int]]) -> CompactReport:
+    """Run `purge` (it opens the store and forgets the tombstones it may), then VACUUM; replica stopped.
+
+    The data-directory lock keeps a replica from starting meanwhile, and refuses
+    to compact under a running one.
+    """
     path = store_file(data_dir)
     if not path.exists():
         raise StoreError(f"no store at {path}")
@@ -198,8 +200,7 @@ def compact(data_dir: Path, *, tombstone_grace_s: float, now_ms: int | None = No
     lock.acquire()
     try:
         before = bytes_on_disk(path)
-        cutoff_ms = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(tombstone_grace_s * 1000)
-        purged = asyncio.run(_purge(path, cutoff_ms))
+        purged = asyncio.run(purge(path))
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("VACUUM")
@@ -209,20 +210,3 @@ def compact(data_dir: Path, *, tombstone_grace_s: float, now_ms: int | None = No
         return CompactReport(path, purged, before, bytes_on_disk(path))
     finally:
         lock.release()
-
-
-async def _purge(path: Path, cutoff_ms: int) -> int:
-    # through the store's own writer, so whatever it keeps beside the rows stays exact
-    from grpc_messenger.store.sqlite import SqliteStore  # the store module imports this one's siblings
-
-    store = SqliteStore(path)
-    purged = 0
-    try:
-        for _ in range(PURGE_CHUNKS_MAX):
-            n = await store.purge_tombstones(deleted_before_ms=cutoff_ms, limit=PURGE_CHUNK)
-            purged += n
-            if n < PURGE_CHUNK:
-                break
-    finally:
-        await store.close()
-    return purged

@@ -85,7 +85,7 @@ class MemoryStore:
             codes.append(STORED)
         return PutResult(codes=tuple(codes), details=details)
 
-    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> WirePage:
+    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
         assert limit > 0
         page: list[bytes] = []
         last = after_seq
@@ -95,15 +95,15 @@ class MemoryStore:
             if seq <= after_seq:
                 continue
             size += len(data)
-            if len(page) == limit or (page and size > max_bytes):
+            if len(page) == limit or (page and size > bytes_max):
                 more = True
                 break
             page.append(data)
             last = seq
         return WirePage(wires=tuple(page), next_after_seq=last, more=more)
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
-        page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, max_bytes=max_bytes)
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
+        page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, bytes_max=bytes_max)
         return FetchPage(tuple(wire.message_of_wire(w) for w in page.wires), page.next_after_seq, page.more)
 
     async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
@@ -153,19 +153,19 @@ class MemoryStore:
                 forgotten += 1
         return forgotten
 
-    async def take_wire(self, mailbox: str, *, limit: int, max_bytes: int) -> list[bytes]:
+    async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
         taken: list[tuple[str, bytes]] = []
         size = 0
         for key, (_, _, _, data) in self._queued.get(mailbox, {}).items():
             size += len(data)
-            if len(taken) == limit or (taken and size > max_bytes):
+            if len(taken) == limit or (taken and size > bytes_max):
                 break
             taken.append((key, data))
         await self.ack(mailbox, [key for key, _ in taken])
         return [data for _, data in taken]
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
-        return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, max_bytes=max_bytes)]
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
+        return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, bytes_max=bytes_max)]
 
     async def counts(self) -> StoreCounts:
         return StoreCounts(

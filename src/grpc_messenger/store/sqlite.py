@@ -171,6 +171,8 @@ class SqliteStore:
         self._closed = False
         # set by a commit that found no space, cleared by the next one that wrote something
         self.disk_full = False
+        # called on the writer thread after each commit with (operations, seconds): metrics
+        self.commit_observer: Callable[[int, float], None] | None = None
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
@@ -255,8 +257,12 @@ class SqliteStore:
                     break
                 ops.append(nxt)
             # one wake-up per event loop per commit, not one per operation
+            started = time.perf_counter()
+            results = self._commit(ops)
+            if self.commit_observer is not None:
+                self.commit_observer(len(ops), time.perf_counter() - started)
             settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-            for op, (ok, value) in zip(ops, self._commit(ops), strict=True):
+            for op, (ok, value) in zip(ops, results, strict=True):
                 settled.setdefault(op.loop, []).append((op.future, ok, value))
             for loop, outcomes in settled.items():
                 try:
@@ -332,19 +338,19 @@ class SqliteStore:
         now_ms = self._clock_ms()
         return await self._write(lambda conn, txn: _tombstone(conn, txn, mailbox, [(k, now_ms) for k in key_list]))
 
-    async def take_wire(self, mailbox: str, *, limit: int, max_bytes: int) -> list[bytes]:
+    async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
         now_ms = self._clock_ms()
-        return await self._write(lambda conn, txn: _take(conn, txn, mailbox, limit, max_bytes, now_ms))
+        return await self._write(lambda conn, txn: _take(conn, txn, mailbox, limit, bytes_max, now_ms))
 
-    async def take(self, mailbox: str, *, limit: int, max_bytes: int) -> list[Message]:
-        return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, max_bytes=max_bytes)]
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
+        return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, bytes_max=bytes_max)]
 
-    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> WirePage:
+    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
         assert limit > 0
-        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, max_bytes))
+        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, bytes_max))
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, max_bytes: int) -> FetchPage:
-        page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, max_bytes=max_bytes)
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
+        page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, bytes_max=bytes_max)
         return FetchPage(
             messages=tuple(wire.message_of_wire(w) for w in page.wires),
             next_after_seq=page.next_after_seq,
@@ -660,7 +666,7 @@ def _intact(mailbox: str, row: tuple[Any, ...]) -> bool:
     return False
 
 
-def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, max_bytes: int, now_ms: int) -> list[bytes]:
+def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, bytes_max: int, now_ms: int) -> list[bytes]:
     taken: list[bytes] = []
     keys: list[str] = []
     size = 0
@@ -669,7 +675,7 @@ def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, max_byt
     ).fetchall()
     for row in rows:
         size += len(row[4])
-        if taken and size > max_bytes:
+        if taken and size > bytes_max:
             break
         if not _intact(mailbox, row):
             continue
@@ -679,7 +685,7 @@ def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, max_byt
     return taken
 
 
-def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, max_bytes: int) -> WirePage:
+def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, bytes_max: int) -> WirePage:
     rows = conn.execute(
         f"SELECT {_ROW_COLUMNS} FROM messages WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
         (mailbox, after_seq, limit + 1),
@@ -690,7 +696,7 @@ def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, m
     size = 0
     for row in rows[:limit]:
         size += len(row[4])
-        if page and size > max_bytes:
+        if page and size > bytes_max:
             more = True
             break
         last = row[0]

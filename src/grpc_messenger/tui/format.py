@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from grpc_messenger.client.subscribe import StreamState
 from grpc_messenger.display import escape_control
 from grpc_messenger.model import Message, ReplicaState, ReplicaStatus, SendReport
 
@@ -56,13 +55,14 @@ def message_card(message: Message, *, outcome: str = "", mine: bool = False) -> 
     return card
 
 
-def replicas_summary(statuses: Sequence[ReplicaStatus] | None, streams: Sequence[StreamState]) -> tuple[str, str]:
+def replicas_summary(statuses: Sequence[ReplicaStatus] | None) -> tuple[str, str]:
     """(one plain sentence about the replicas, severity: "ok", "degraded" or "down")."""
-    total = len(streams)
-    # before the first check, the live streams tell
-    up = sum(1 for s in streams if s.connected) if statuses is None else sum(1 for s in statuses if s.reachable)
+    if statuses is None:
+        return "checking the replicas…", "ok"
+    total = len(statuses)
+    up = sum(1 for s in statuses if s.reachable)
     if up == total:
-        return f"all {total} replicas up", "ok"
+        return (f"all {total} replicas up" if total > 1 else "the replica is up"), "ok"
     if up == 0:
         return (f"no replica reachable (0 of {total}): new mail waits; sends are kept and delivered later", "down")
     return (f"{up} of {total} replicas up: still working; the others catch up when they return", "degraded")

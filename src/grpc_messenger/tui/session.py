@@ -16,7 +16,7 @@ from typing import Protocol
 from grpc_messenger.client.core import AsyncMessenger
 from grpc_messenger.client.subscribe import StreamState, Subscription
 from grpc_messenger.config import ClientConfig
-from grpc_messenger.errors import InvalidInput
+from grpc_messenger.errors import InvalidInput, PermissionDenied, Unavailable
 from grpc_messenger.model import (
     Message,
     QuorumNotReached,
@@ -144,8 +144,12 @@ class LibrarySession:
             await self._messenger.close(grace_s=2.0)
 
 
-def library_opener(base: ClientConfig) -> SessionOpener:
-    """Open a `LibrarySession` from `base` with the sign-in's servers and token."""
+def library_opener(base: ClientConfig, *, check_token: bool = False) -> SessionOpener:
+    """Open a `LibrarySession` from `base` with the sign-in's servers and token.
+
+    With `check_token` (the web app with --auth), the replicas must accept the
+    token for the address before anything is shown, the local inbox included.
+    """
 
     async def open_session(sign_in: SignIn) -> Session:
         address = normalize_address(validate_address(sign_in.address.strip(), what="your address"))
@@ -155,12 +159,25 @@ def library_opener(base: ClientConfig) -> SessionOpener:
         messenger = AsyncMessenger(config)
         messenger.connect()
         try:
+            if check_token:
+                await _check_token(messenger, address)
             return LibrarySession(messenger, address)
         except BaseException:
             await messenger.close()
             raise
 
     return open_session
+
+
+async def _check_token(messenger: AsyncMessenger, address: str) -> None:
+    """Raise unless some replica accepts this client's token for `address` (an Ack of no keys changes nothing)."""
+    answers = await messenger.ack(address, [])
+    failures = [failure for failure in answers.values() if failure is not None]
+    refusals = [failure for failure in failures if failure.denied]
+    if refusals:
+        raise PermissionDenied(f"the replicas refuse this token for {address}: {refusals[0]}")
+    if len(failures) == len(answers):
+        raise Unavailable("no replica answered, so your token could not be checked; try again")
 
 
 def parse_servers(text: str) -> tuple[str, ...]:

@@ -39,7 +39,8 @@ class InboxScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new", "New"),
         Binding("r", "reply", "Reply"),
-        Binding("ctrl+s", "send", "Send", priority=True),
+        # not a priority binding: it then waits behind the keys typed before it, none is left out
+        Binding("ctrl+s", "send", "Send"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+r", "toggle_replicas", "Replicas"),
         Binding("f5", "check_replicas", "Check", show=False),
@@ -95,6 +96,9 @@ class InboxScreen(Screen[None]):
                 self._file(message)
         except MessengerError as exc:
             self._say(f"the replicas refuse to deliver: {exc}")
+        except Exception as exc:  # the screen stays up and says so, whatever broke below it
+            log.exception("event=tui.live_failed")
+            self._say(f"live updates stopped: {exc}; sign in again to resume")
 
     def _file(self, message: Message) -> None:
         name = normalize_address(message.sender)
@@ -145,6 +149,10 @@ class InboxScreen(Screen[None]):
         try:
             message, report = await self.session.send(recipient, body)
         except MessengerError as exc:
+            self._say_send(f"not sent: {exc}")
+            return
+        except Exception as exc:  # never crash the app over one send
+            log.exception("event=tui.send_failed")
             self._say_send(f"not sent: {exc}")
             return
         conversation = self.conversations.add(message, unread=False, report=report)
@@ -221,12 +229,12 @@ class InboxScreen(Screen[None]):
         panel.show(self.session.servers, self._statuses, streams)
         panel.show_outbox(owed)
         self._redraw_in_view()
-        sentence, severity = replicas_summary(self._statuses, streams)
+        sentence, severity = replicas_summary(self._statuses)
         self.query_one(StatusLine).show(sentence, severity, last_send=self._last_send)
 
     def _say_send(self, text: str) -> None:
         self._last_send = text
-        sentence, severity = replicas_summary(self._statuses, self.session.streams())
+        sentence, severity = replicas_summary(self._statuses)
         self.query_one(StatusLine).show(sentence, severity, last_send=text)
 
     def _say(self, text: str) -> None:

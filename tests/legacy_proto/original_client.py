@@ -1,10 +1,10 @@
-"""The seed's client, in its own process: generated from the original proto and nothing else.
+"""The original client, in its own process: generated from the original proto and nothing else.
 
-    python seed_client.py GEN_DIR SERVERS send ID FROM TO TEXT
-    python seed_client.py GEN_DIR SERVERS receive ADDRESS
+    python original_client.py GEN_DIR SERVERS send ID FROM TO TEXT
+    python original_client.py GEN_DIR SERVERS receive ADDRESS
 
 It imports only the code generated into GEN_DIR (from legacy_proto/messenger.proto),
-loops over one stub per server as the seed did, and prints JSON.
+loops over one stub per server as the original client did, and prints JSON.
 """
 
 import json
@@ -12,7 +12,7 @@ import sys
 
 import grpc
 
-sys.path.insert(0, sys.argv[1])  # the generated seed code, not grpc_messenger
+sys.path.insert(0, sys.argv[1])  # the code generated from the original proto, not grpc_messenger
 
 import messenger_pb2
 import messenger_pb2_grpc
