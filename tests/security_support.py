@@ -92,14 +92,13 @@ def read_store(replica: ReplicaProcess) -> Iterator[sqlite3.Connection]:
 def snapshot(replica: ReplicaProcess) -> StoreSnapshot:
     with read_store(replica) as conn:
         return StoreSnapshot(
-            messages=tuple(
+            messages=tuple(conn.execute("SELECT mailbox, msg_key, digest, wire FROM messages ORDER BY seq").fetchall()),
+            tombstones=tuple(conn.execute("SELECT * FROM tombstones ORDER BY mailbox, msg_key").fetchall()),
+            usage=tuple(
                 conn.execute(
-                    "SELECT mailbox, msg_key, sender, body, created_unix_ms, legacy_id, digest"
-                    " FROM messages ORDER BY seq"
+                    "SELECT mailbox, messages, body_bytes FROM mailboxes WHERE messages > 0 ORDER BY mailbox"
                 ).fetchall()
             ),
-            tombstones=tuple(conn.execute("SELECT * FROM tombstones ORDER BY mailbox, msg_key").fetchall()),
-            usage=tuple(conn.execute("SELECT * FROM mailbox_usage ORDER BY mailbox").fetchall()),
         )
 
 

@@ -80,7 +80,7 @@ def bad_credentials(r: AuthReplica) -> dict[str, tuple[str | None, grpc.StatusCo
         "other key": (r.other_keys.token(BOB), unauth, "bad signature"),
         "forged payload": (f"{prefix}.{kid}.{mallory_payload}.{sig}", unauth, "bad signature"),
         "another user": (r.keys.token(MALLORY), denied, MALLORY),
-        "case-changed address": (r.keys.token("Bob@x.org"), denied, "cannot act"),
+        "another user, capitalised": (r.keys.token(MALLORY.upper()), denied, "cannot act"),
         "peer": (r.keys.token("replica-1", role=Role.PEER), denied, "peer token"),
     }
 
@@ -131,6 +131,10 @@ def test_nobody_but_bob_can_read_ack_receive_subscribe_or_send_as_bob(auth_repli
         # and bob himself can do all of it
         bob = r.keys.token(BOB)
         assert _call(stub, "Fetch", pb.FetchRequest(self_email=BOB), bob)[0] == grpc.StatusCode.OK
+        # one mailbox however capitalised: in the token or in the request
+        capitalised = r.keys.token("Bob@X.org")
+        assert _call(stub, "Fetch", pb.FetchRequest(self_email=BOB), capitalised)[0] == grpc.StatusCode.OK
+        assert _call(stub, "Fetch", pb.FetchRequest(self_email=BOB.upper()), bob)[0] == grpc.StatusCode.OK
         first = next(iter(stub.Subscribe(pb.SubscribeRequest(self_email=BOB), metadata=_md(bob), timeout=5)))
         assert {m.key for m in first.messages} >= set(bob_keys)
         assert stub.Ack(pb.AckRequest(self_email=BOB, keys=bob_keys[:1]), metadata=_md(bob), timeout=5).deleted == 1

@@ -107,7 +107,7 @@ def test_check_finds_a_damaged_row_and_compact_purges_expired_tombstones_only_wh
     assert replica.terminate() == 0
     victim = sorted(kept)[3]
     with closing(sqlite3.connect(store_file(replica.data_dir))) as conn, conn:
-        conn.execute("UPDATE messages SET body = 'tampered' WHERE msg_key = ?", (victim,))
+        conn.execute("UPDATE messages SET wire = CAST(wire || 'tampered' AS BLOB) WHERE msg_key = ?", (victim,))
     damaged = messenger("admin", "check", "--data-dir", str(replica.data_dir), "--json")
     assert damaged.returncode == 1
     report = json.loads(damaged.stdout)

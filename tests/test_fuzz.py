@@ -26,12 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_messenger import ServerConfig
-from grpc_messenger.model import UNIX_MS_MAX, content_digest, new_key, validate_address, validate_key
+from grpc_messenger.model import UNIX_MS_MAX, content_digest, new_key, normalize_address, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.servicer import MessengerServicer
 from grpc_messenger.server.subscriptions import SubscribeLimits
 from grpc_messenger.store import MemoryStore
+from grpc_messenger.store.base import row_checksum
 from tests import strategies
 from tests.conftest import ReplicaFactory, ReplicaProcess
 from tests.security_support import bearer, integrity_ok, make_keys, read_store, wait_healthy
@@ -94,24 +95,27 @@ def assert_replica_sound(c: Campaign) -> None:
     assert c.replica.alive
     assert integrity_ok(c.replica)
     with read_store(c.replica) as conn:
-        rows = conn.execute(
-            "SELECT mailbox, msg_key, sender, body, created_unix_ms, legacy_id, digest FROM messages"
-        ).fetchall()
+        rows = conn.execute("SELECT mailbox, msg_key, digest, body_bytes, wire, checksum FROM messages").fetchall()
         present = {(row[0], row[1]) for row in rows}
         present |= set(conn.execute("SELECT mailbox, msg_key FROM tombstones").fetchall())
-        usage = dict(((m, (n, b)) for m, n, b in conn.execute("SELECT * FROM mailbox_usage").fetchall()))
+        usage = {
+            m: (n, b)
+            for m, n, b in conn.execute("SELECT mailbox, messages, body_bytes FROM mailboxes WHERE messages > 0")
+        }
     expected_usage: dict[str, tuple[int, int]] = {}
-    for mailbox, key, sender, body, created, legacy_id, digest in rows:
-        validate_address(mailbox)
-        validate_address(sender)
-        validate_key(key)
-        assert isinstance(body, str)
-        assert 0 < len(body.encode("utf-8")) <= BODY_BYTES_MAX
-        assert 0 < created <= UNIX_MS_MAX
-        assert legacy_id >= 0
-        assert digest == content_digest(key=key, sender=sender, recipient=mailbox, body=body)
+    for mailbox, key, digest, size, data, checksum in rows:
+        assert checksum == row_checksum(mailbox, key, digest, size, data)
+        stored = pb.SendRequest.FromString(data)
+        assert mailbox == normalize_address(validate_address(stored.dest_email))
+        validate_address(stored.self_email)
+        assert validate_key(key) == stored.key
+        body = stored.msg
+        assert 0 < len(body.encode("utf-8")) == size <= BODY_BYTES_MAX
+        assert 0 < stored.created_unix_ms <= UNIX_MS_MAX
+        assert stored.id >= 0
+        assert digest == content_digest(key=key, sender=stored.self_email, recipient=mailbox, body=body)
         n, b = expected_usage.get(mailbox, (0, 0))
-        expected_usage[mailbox] = (n + 1, b + len(body.encode("utf-8")))
+        expected_usage[mailbox] = (n + 1, b + size)
     assert usage == expected_usage
     assert c.acked, "nothing acknowledged: the check would be empty"
     missing = c.acked - present
@@ -121,12 +125,14 @@ def assert_replica_sound(c: Campaign) -> None:
 def _record(c: Campaign, method: str, request: Any, response: Any) -> None:
     if method == "Send":
         assert response.success
-        c.acked.add((request.dest_email, response.key))
+        c.acked.add((normalize_address(request.dest_email), response.key))
     elif method == "SendBatch":
         assert len(response.results) == len(request.messages)
         for item, result in zip(request.messages, response.results, strict=True):
             if result.outcome in (pb.SEND_OUTCOME_STORED, pb.SEND_OUTCOME_ALREADY_STORED):
-                c.acked.add((item.dest_email, result.key))
+                # the reply says the key only where the client may not know it
+                assert result.key or item.key
+                c.acked.add((normalize_address(item.dest_email), result.key or item.key))
             else:
                 assert result.outcome in (pb.SEND_OUTCOME_REJECTED, pb.SEND_OUTCOME_CONFLICT), result
                 assert result.error or result.outcome == pb.SEND_OUTCOME_CONFLICT
@@ -278,7 +284,7 @@ def test_a_subscriber_that_stops_reading_is_dropped() -> None:
             await servicer.Subscribe(pb.SubscribeRequest(self_email="bob@x.org"), context)  # type: ignore[arg-type]
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert servicer._signals.open_streams == 0
+        assert servicer.signals.open_streams == 0
 
     asyncio.run(asyncio.wait_for(run(), timeout=10))
 

@@ -10,11 +10,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from grpc_messenger import ClientConfig, Messenger, ReplicaState, ServerConfig
+from grpc_messenger import ClientConfig, Messenger, ReplicaState, ServerConfig, wire
 from grpc_messenger.model import Message
 from grpc_messenger.proto import messenger_pb2 as pb
-from grpc_messenger.server.limits import MailboxQuota, RateLimiter, request_bytes_max
-from grpc_messenger.store import MemoryStore
+from grpc_messenger.server.limits import RateLimiter, request_bytes_max
+from grpc_messenger.store import MemoryStore, SqliteStore, Store
+from grpc_messenger.store.base import ALREADY_STORED, QUOTA_EXCEEDED, STORED, Quota
 from tests.conftest import ReplicaFactory
 from tests.security_support import bearer, make_keys, snapshot, stub_for
 
@@ -105,24 +106,42 @@ def test_rate_limiter_refills_and_allows_big_batches_into_debt() -> None:
     assert limiter.check("b", 1) == 0
 
 
-def test_quota_counts_in_flight_sends() -> None:
-    """Concurrent admissions cannot overshoot: reservations count until settled."""
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_quota_is_exact_under_concurrent_batches(kind: str, tmp_path: Path) -> None:
+    """Many batches racing for one mailbox: exactly the quota is stored, the rest refused, retries recognised."""
+    quota = Quota(messages_max=50, bytes_max=0)
 
     async def run() -> None:
-        store = MemoryStore()
-        quota = MailboxQuota(store, messages_max=2, bytes_max=0)
-        messages = [
-            Message(key=f"k{i}", sender="a@x.org", recipient="b@x.org", body="x", created_unix_ms=1) for i in range(3)
-        ]
-        verdicts = await quota.admit(messages)
-        assert verdicts[:2] == [None, None]
-        assert verdicts[2] is not None
-        admitted = messages[:2]
-        await store.put_many(admitted)
-        quota.settle(admitted)
-        assert (await quota.admit(messages[2:]))[0] is not None
+        store: Store = (
+            SqliteStore(tmp_path / "s.sqlite3", quota=quota) if kind == "sqlite" else MemoryStore(quota=quota)
+        )
+        try:
+            batches = [
+                [
+                    wire.row_of(
+                        Message(key=f"k{b}-{i}", sender="a@x.org", recipient="B@x.org", body="x", created_unix_ms=1)
+                    )
+                    for i in range(8)
+                ]
+                for b in range(20)
+            ]
+            results = await asyncio.gather(*(store.put_rows(rows) for rows in batches))
+            codes = [code for r in results for code in r.codes]
+            assert codes.count(STORED) == 50
+            assert codes.count(QUOTA_EXCEEDED) == 160 - 50
+            assert all("mailbox b@x.org is full" in d for r in results for d in r.details.values())
+            assert (await store.usage(["b@x.org"]))["b@x.org"].messages == 50
+            # a retry of a stored message is recognised even though the mailbox is full
+            stored_first = next(
+                rows[i] for rows, r in zip(batches, results, strict=True) for i, c in enumerate(r.codes) if c == STORED
+            )
+            assert (await store.put_rows([stored_first])).codes == (ALREADY_STORED,)
+            await store.ack("b@x.org", [stored_first[1]])
+            assert (await store.put_rows([batches[-1][-1]])).codes in ((STORED,), (ALREADY_STORED,))
+        finally:
+            await store.close()
 
-    asyncio.run(asyncio.wait_for(run(), timeout=10))
+    asyncio.run(asyncio.wait_for(run(), timeout=30))
 
 
 def test_oversized_frame_is_refused_before_parsing(replica_factory: ReplicaFactory) -> None:

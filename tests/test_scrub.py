@@ -19,10 +19,11 @@ def _message(body: str, recipient: str = BOB) -> Message:
     return Message(key=new_key(), sender="alice@example.org", recipient=recipient, body=body, created_unix_ms=1)
 
 
-def _tamper(path: Path, key: str, column: str = "body") -> None:
-    """Change a stored row behind the store's back (no trigger fires on UPDATE)."""
+def _tamper(path: Path, key: str, column: str = "wire") -> None:
+    """Change a stored row behind the store's back."""
     conn = sqlite3.connect(path)
-    conn.execute(f"UPDATE messages SET {column} = {column} || 'X' WHERE msg_key = ?", (key,))
+    value = f"CAST({column} || 'X' AS BLOB)" if column == "wire" else f"{column} || 'X'"
+    conn.execute(f"UPDATE messages SET {column} = {value} WHERE msg_key = ?", (key,))
     conn.commit()
     conn.close()
 
@@ -30,7 +31,7 @@ def _tamper(path: Path, key: str, column: str = "body") -> None:
 def test_scrub_moves_damaged_rows_aside_and_the_digests_forget_them(tmp_path: Path) -> None:
     damaged_path, clean_path = tmp_path / "damaged.sqlite3", tmp_path / "clean.sqlite3"
     messages = [_message(f"m{i}", recipient=f"r{i % 3}@x.org") for i in range(30)]
-    bad = {messages[4].key: "body", messages[11].key: "mailbox", messages[20].key: "msg_key"}
+    bad = {messages[4].key: "wire", messages[11].key: "mailbox", messages[20].key: "msg_key"}
 
     async def fill(path: Path, items: list[Message]) -> None:
         store = SqliteStore(path)

@@ -180,7 +180,9 @@ def test_a_damaged_row_is_never_served(tmp_path: Path) -> None:
     run(store.put_many([good, bad]))
     run(store.close())
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE messages SET body = 'tampered' WHERE msg_key = ?", (bad.key,))
+    (data,) = conn.execute("SELECT wire FROM messages WHERE msg_key = ?", (bad.key,)).fetchone()
+    tampered = data.replace(b"will be damaged", b"will be tampered")
+    conn.execute("UPDATE messages SET wire = ? WHERE msg_key = ?", (tampered, bad.key))
     conn.commit()
     conn.close()
     store = SqliteStore(path)
@@ -269,7 +271,8 @@ def test_a_byte_flipped_in_a_stored_key_is_caught_at_open(tmp_path: Path) -> Non
     path = tmp_path / "s.sqlite3"
     _stored(path, [message(f"body {i}", key=f"key-{i:04d}AAAA") for i in range(50)])
     data = bytearray(path.read_bytes())
-    at = data.find(b"key-0007AAAAalice@example.org")  # the table row: msg_key, then sender
+    flipped = message("body 7", key="key-0007AAAA")
+    at = data.find(b"key-0007AAAA" + flipped.digest[:16].encode())  # the table row: msg_key, then digest
     assert at > 0
     data[at + 8] = ord("B")  # still a well-formed key, now missing from the unique index
     path.write_bytes(bytes(data))
@@ -283,7 +286,7 @@ def test_a_key_or_body_changed_behind_our_back_is_not_served(tmp_path: Path) -> 
     _stored(path, batch)
     conn = sqlite3.connect(path)
     conn.execute("UPDATE messages SET msg_key = 'key-phantom' WHERE msg_key = 'key-1'")  # index stays consistent
-    conn.execute("UPDATE messages SET body = CAST(X'ff41' AS TEXT) WHERE msg_key = 'key-2'")  # not UTF-8
+    conn.execute("UPDATE messages SET wire = X'ff41' WHERE msg_key = 'key-2'")  # not even protobuf
     conn.commit()
     conn.close()
     store = SqliteStore(path)

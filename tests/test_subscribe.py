@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import Any
 
 import grpc
 
@@ -15,22 +16,28 @@ from tests.security_support import call_code, stub_for
 PUSH_WAIT_S = 5.0
 
 
+def _read_in_background(stream: Any) -> tuple[queue.Queue[pb.FetchResponse | Exception], threading.Thread]:
+    """Pages of a Subscribe stream, read on a thread into a bounded queue (an error ends it)."""
+    pages: queue.Queue[pb.FetchResponse | Exception] = queue.Queue(maxsize=100)
+
+    def read() -> None:
+        try:
+            for page in stream:
+                pages.put(page, timeout=PUSH_WAIT_S)
+        except grpc.RpcError as exc:
+            pages.put(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return pages, reader
+
+
 def test_subscribe_pushes_new_messages_and_resumes_after_a_position(replica_factory: ReplicaFactory) -> None:
     replica = replica_factory.replica(store="memory")
     with stub_for(replica.address) as stub:
         stub.Send(pb.SendRequest(id=1, msg="queued before", self_email="a@x.org", dest_email="bob@x.org"))
         stream = stub.Subscribe(pb.SubscribeRequest(self_email="bob@x.org"), timeout=30)
-        pages: queue.Queue[pb.FetchResponse | Exception] = queue.Queue(maxsize=100)
-
-        def read() -> None:
-            try:
-                for page in stream:
-                    pages.put(page, timeout=PUSH_WAIT_S)
-            except grpc.RpcError as exc:
-                pages.put(exc)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        pages, reader = _read_in_background(stream)
         try:
             first = pages.get(timeout=PUSH_WAIT_S)
             assert isinstance(first, pb.FetchResponse)
@@ -59,3 +66,25 @@ def test_subscribe_refuses_bad_input(replica_factory: ReplicaFactory) -> None:
         for request in bad:
             code, _ = call_code(lambda r, **kw: next(stub.Subscribe(r, **kw)), request)
             assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_messages_repair_brings_wake_subscribers_at_once(replica_factory: ReplicaFactory) -> None:
+    """A message that reaches a replica only through repair is pushed, not left for the heartbeat."""
+    sender, watched = replica_factory.cluster(2, repair_interval_s=0.2).replicas
+    with stub_for(watched.address) as stub:
+        # capitals on purpose: one mailbox however it is written
+        stream = stub.Subscribe(pb.SubscribeRequest(self_email="Carol@X.org"), timeout=30)
+        pages, reader = _read_in_background(stream)
+        try:
+            first = pages.get(timeout=PUSH_WAIT_S)
+            assert isinstance(first, pb.FetchResponse)
+            assert list(first.messages) == []
+            with stub_for(sender.address) as other:
+                other.Send(pb.SendRequest(id=1, msg="via repair", self_email="a@x.org", dest_email="carol@x.org"))
+            # the heartbeat is 15 s: a page within PUSH_WAIT_S can only be the wake-up
+            pushed = pages.get(timeout=PUSH_WAIT_S)
+            assert isinstance(pushed, pb.FetchResponse)
+            assert [m.msg for m in pushed.messages] == ["via repair"]
+        finally:
+            stream.cancel()
+            reader.join(timeout=PUSH_WAIT_S)

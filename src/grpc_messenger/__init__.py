@@ -7,6 +7,7 @@ every message to its reader exactly once.
 from grpc_messenger._version import __version__
 from grpc_messenger.client.core import AsyncMessenger, merge_unique
 from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.client.subscribe import BlockingSubscription, StreamState, SubscribeOptions, Subscription
 from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig, ServerConfig
 from grpc_messenger.errors import (
@@ -36,6 +37,7 @@ from grpc_messenger.model import (
 
 __all__ = [
     "AsyncMessenger",
+    "BlockingSubscription",
     "ClientConfig",
     "DeadlineExceeded",
     "Draft",
@@ -58,6 +60,9 @@ __all__ = [
     "ServerConfig",
     "Status",
     "StoreError",
+    "StreamState",
+    "SubscribeOptions",
+    "Subscription",
     "Unauthenticated",
     "Unavailable",
     "__version__",

@@ -100,9 +100,11 @@ def content_digest(*, key: str, sender: str, recipient: str, body: str) -> str:
     Copies are only ever compared under the same (mailbox, key), so covering the
     key and mailbox changes no comparison, but it lets a replica notice a damaged
     key or mailbox on disk instead of serving a message under a key nobody sent.
-    The creation time is left out: legacy copies are stamped by each replica.
+    The creation time is left out: legacy copies are stamped by each replica. The
+    recipient counts as the mailbox it names, so a retry typed in other capitals is
+    the same message.
     """
-    data = f"{key}\0{sender}\0{recipient}\0{body}".encode("utf-8", "surrogatepass")
+    data = f"{key}\0{sender}\0{normalize_address(recipient)}\0{body}".encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).hexdigest()
 
 

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from grpc_messenger.errors import Failure, Status
+from grpc_messenger.errors import Failure, InvalidInput, Status
 from grpc_messenger.model import (
+    UNIX_MS_MAX,
     Message,
     PutOutcome,
     ReplicaOutcome,
     ReplicaState,
     ReplicaStatus,
     build_message,
+    content_digest,
+    legacy_key,
     normalize_address,
+    validate_address,
+    validate_key,
 )
 from grpc_messenger.proto import messenger_pb2 as pb
 
@@ -237,3 +243,197 @@ def replica_status(info: pb.InfoResponse, *, address: str, serving: bool, latenc
         state_digest=info.state_digest,
         latency_ms=latency_ms,
     )
+
+
+# --- server side -------------------------------------------------------------------
+#
+# The replica's hot path: requests are validated straight from the protobuf fields,
+# stored as the bytes received, and answered with replies assembled from stored bytes.
+# Nothing here trusts the client: every field is checked as build_message checks it.
+
+# The store's outcome codes are these enum values (a test checks it), so replies are
+# built from them directly. The store does not import this module's callers' types:
+# a row is a plain tuple, the same as store.base.Row.
+STORED = pb.SEND_OUTCOME_STORED
+REJECTED = pb.SEND_OUTCOME_REJECTED
+Row = tuple[str, str, str, int, bytes]
+ADDRESSES_REMEMBERED_MAX = 65_536
+# SendResult{outcome: STORED} as field 1 of SendBatchResponse: tag, length 2, outcome tag, 1
+_STORED_RESULT = b"\x0a\x02\x10\x01"
+
+
+class AddressCache:
+    """Addresses already found valid, so a busy mailbox is not re-validated per message.
+
+    Bounded: emptied when full (addresses are cheap to check again).
+    """
+
+    def __init__(self, size_max: int = ADDRESSES_REMEMBERED_MAX) -> None:
+        assert size_max > 0
+        self._valid: set[str] = set()
+        self._size_max = size_max
+
+    def check(self, value: str, what: str) -> None:
+        """Raise InvalidInput unless `value` is a valid address."""
+        if value in self._valid:
+            return
+        validate_address(value, what=what)
+        if len(self._valid) >= self._size_max:
+            self._valid.clear()
+        self._valid.add(value)
+
+
+def row_from_pb(
+    request: pb.SendRequest, *, body_bytes_max: int, now_ms: int, addresses: AddressCache
+) -> tuple[Row, bool]:
+    """Validate one SendRequest (as build_message does) and make its store row.
+
+    Also says whether the key was derived here (a legacy request). The stored wire is
+    the request itself when it already carries its key and creation time, else a copy
+    with both filled in, so every reader sees the same key.
+    """
+    sender = request.self_email
+    recipient = request.dest_email
+    body = request.msg
+    addresses.check(sender, "sender address")
+    addresses.check(recipient, "recipient address")
+    if not body or body.isspace():
+        raise InvalidInput("message body is empty" if not body else "message body is only whitespace")
+    size = len(body) if body.isascii() else len(body.encode("utf-8", "surrogatepass"))
+    if size > body_bytes_max:
+        raise InvalidInput(f"message body is {size} bytes; the limit is {body_bytes_max}")
+    legacy_id = request.id
+    if legacy_id < 0:
+        raise InvalidInput(f"message id {legacy_id} is negative")
+    created = request.created_unix_ms
+    if not 0 <= created <= UNIX_MS_MAX:
+        raise InvalidInput(f"creation time {created} ms is outside 0..{UNIX_MS_MAX}")
+    key = request.key
+    derived = not key
+    if derived:
+        key = legacy_key(sender=sender, legacy_id=legacy_id, body=body)
+    else:
+        validate_key(key)
+    if derived or created == 0:
+        wire = pb.SendRequest(
+            id=legacy_id, msg=body, self_email=sender, dest_email=recipient, key=key, created_unix_ms=created or now_ms
+        ).SerializeToString()
+    else:
+        wire = request.SerializeToString()
+    mailbox = normalize_address(recipient)
+    digest = content_digest(key=key, sender=sender, recipient=mailbox, body=body)
+    return (mailbox, key, digest, size, wire), derived
+
+
+def row_of(message: Message) -> Row:
+    """The store row of an already validated message (repair, tests)."""
+    mailbox = normalize_address(message.recipient)
+    size = len(message.body.encode("utf-8", "surrogatepass"))
+    return (mailbox, message.key, message.digest, size, message_to_pb(message).SerializeToString())
+
+
+def message_of_wire(wire: bytes) -> Message:
+    """The message a stored row holds (its wire bytes were validated before they were stored)."""
+    return stored_message_from_pb(pb.SendRequest.FromString(wire))
+
+
+def batch_response(codes: Sequence[int], keys: Sequence[str], details: dict[int, str]) -> bytes:
+    """A serialized SendBatchResponse: one SendResult per message, in order.
+
+    Compact: a message simply stored gets its outcome only (4 bytes); the key and a
+    detail come only where the client may need them (anything else, or a key the
+    replica derived). Clients read `key` as "the key stored, if said".
+    """
+    if not details and all(code == STORED for code in codes) and not any(keys):
+        return _STORED_RESULT * len(codes)
+    parts = []
+    for i, code in enumerate(codes):
+        key = keys[i]
+        detail = details.get(i)
+        if code == STORED and not key and detail is None:
+            parts.append(_STORED_RESULT)
+        else:
+            result = pb.SendResult(key=key, outcome=pb.SendOutcome.ValueType(code), error=detail or "")
+            parts.append(_field(1, result.SerializeToString()))
+    return b"".join(parts)
+
+
+def messages_response(wires: Iterable[bytes], tail: bytes = b"") -> bytes:
+    """`repeated SendRequest messages = 1` of stored wires, then `tail` (the other fields, serialized).
+
+    FetchResponse, InboxResponse and PullResponse all carry their messages as field 1,
+    so one encoder serves the three: no message is parsed or rebuilt to answer.
+    """
+    return b"".join([_field(1, w) for w in wires]) + tail
+
+
+def fetch_response(wires: Iterable[bytes], next_after_seq: int, more: bool) -> bytes:
+    """A serialized FetchResponse of stored wires."""
+    return messages_response(wires, pb.FetchResponse(next_after_seq=next_after_seq, more=more).SerializeToString())
+
+
+def send_response(outcome: PutOutcome, key: str) -> pb.SendResponse:
+    """The legacy Send's answer for a message durably held (stored now or before)."""
+    return pb.SendResponse(success=True, debug_message=outcome.value, outcome=outcome_to_pb(outcome), key=key)
+
+
+def ack_response(deleted: int) -> pb.AckResponse:
+    """An Ack's answer: how many of the keys were queued here."""
+    return pb.AckResponse(deleted=deleted)
+
+
+def info_response(
+    *, replica_id: str, version: str, store: str, messages: int, mailboxes: int, tombstones: int, state_digest: int
+) -> pb.InfoResponse:
+    """An Info answer: who the replica is and how full."""
+    return pb.InfoResponse(
+        replica_id=replica_id,
+        version=version,
+        store=store,
+        messages=messages,
+        mailboxes=mailboxes,
+        tombstones=tombstones,
+        state_digest=state_digest,
+    )
+
+
+def digests_response(digests: Iterable[tuple[str, int, int, int]], more: bool) -> pb.DigestsResponse:
+    """A peer's Digests answer from (mailbox, digest, messages, tombstones)."""
+    return pb.DigestsResponse(
+        mailboxes=[pb.MailboxDigest(mailbox=m, digest=d, messages=n, tombstones=t) for m, d, n, t in digests],
+        more=more,
+    )
+
+
+def keys_response(states: Iterable[tuple[str, bool, int]], more: bool) -> pb.MailboxKeysResponse:
+    """A peer's MailboxKeys answer from (key, tombstone, deleted_unix_ms)."""
+    return pb.MailboxKeysResponse(
+        keys=[pb.KeyState(key=k, tombstone=t, deleted_unix_ms=ms) for k, t, ms in states], more=more
+    )
+
+
+def serialize_reply(reply: Any) -> bytes:
+    """Response serializer for handlers that answer either a pb message or bytes already serialized."""
+    if isinstance(reply, bytes):
+        return reply
+    data: bytes = reply.SerializeToString()
+    return data
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (tag, varint length, payload)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _BYTES[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BYTES = [bytes([i]) for i in range(0x80)]

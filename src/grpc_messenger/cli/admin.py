@@ -180,7 +180,7 @@ def compact_command(
     type=click.FloatRange(min=0.1, max=60),
     default=3.0,
     show_default=True,
-    help="Seconds to wait for the answer.",
+    help="Seconds to wait for the health answer.",
 )
 def health_command(address: str, service: str, tls_ca: Path | None, server_name: str | None, timeout_s: float) -> None:
     """Ask a replica's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (container and probe checks)."""

@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 
 from grpc_messenger.errors import MessengerError, PermissionDenied, Unauthenticated
 from grpc_messenger.grpc_errors import to_grpc
+from grpc_messenger.model import normalize_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.security.tokens import Identity, Role, TokenVerifier, bearer_token
 from grpc_messenger.server.limits import RateLimiter
@@ -96,8 +97,9 @@ def check_access(rule: Rule | None, identity: Identity, request: Any) -> None:
         return
     if request is None:
         raise PermissionDenied("this method's access rule needs a request")
+    subject = normalize_address(identity.subject)
     for address in rule.owned(request):
-        if address != identity.subject:
+        if normalize_address(address) != subject:  # one mailbox however capitalised
             raise PermissionDenied(f"token for {identity.subject} cannot act for {address!r}")
 
 
@@ -136,20 +138,27 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, *, verifier: TokenVerifier | None, limiter: RateLimiter | None) -> None:
         self._verifier = verifier
         self._limiter = limiter
+        # method -> guarded handler, built once: the checks run per call inside it. Only
+        # methods the server has are kept, so the map is bounded by the services.
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         rule = RULES.get(method)
         wrapped: grpc.RpcMethodHandler[Any, Any] = _wrap(
             handler, lambda request, context: self._admit(method, rule, request, context)
         )
+        self._guarded[method] = wrapped
         return wrapped
 
     async def _admit(

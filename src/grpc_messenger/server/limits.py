@@ -1,7 +1,8 @@
-"""Limits a replica enforces: request size, per-identity send rate, per-mailbox quota.
+"""Limits a replica enforces: request size and per-identity send rate.
 
-All three refuse before anything is stored. The rate limiter and the quota keep
-bounded in-memory state owned by the servicer; the clock is injected.
+Both refuse before anything is stored. The rate limiter keeps bounded in-memory
+state owned by the servicer; the clock is injected. (Per-mailbox quotas are the
+store's: it checks them in its writer against exact per-mailbox totals.)
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
-from grpc_messenger.model import MAX_ADDRESS_CHARS, MAX_KEY_CHARS, Message
-from grpc_messenger.store.base import Store
+from grpc_messenger.model import MAX_ADDRESS_CHARS, MAX_KEY_CHARS
 
 # Everything of one SendRequest but its body: two addresses, a key, two varints, tags.
 _ENVELOPE_BYTES = 2 * MAX_ADDRESS_CHARS + MAX_KEY_CHARS + 64
@@ -94,66 +94,3 @@ class RateLimiter:
             self._buckets.move_to_end(identity)
         wait_s = bucket.take(cost, now_s)
         return 0 if wait_s == 0 else max(1, math.ceil(wait_s * 1000))
-
-
-def body_bytes(message: Message) -> int:
-    """Size of a body as quotas count it (UTF-8)."""
-    return len(message.body.encode("utf-8", "surrogatepass"))
-
-
-class MailboxQuota:
-    """Per-mailbox caps on queued messages and body bytes.
-
-    The store keeps committed totals exactly; this object adds what is admitted
-    but not yet committed (in flight), so concurrent sends cannot overshoot. A
-    commit that is already visible in the store while still counted in flight is
-    counted twice for a moment: the error is on the safe side.
-    """
-
-    def __init__(self, store: Store, *, messages_max: int, bytes_max: int) -> None:
-        assert messages_max >= 0
-        assert bytes_max >= 0
-        self._store = store
-        self.messages_max = messages_max or math.inf
-        self.bytes_max = bytes_max or math.inf
-        # mailbox -> [messages, bytes] admitted and not yet settled; entries vanish at zero
-        self._in_flight: dict[str, list[int]] = {}
-
-    @property
-    def enabled(self) -> bool:
-        """False when both caps are unlimited."""
-        return self.messages_max != math.inf or self.bytes_max != math.inf
-
-    async def admit(self, messages: Sequence[Message]) -> list[str | None]:
-        """Reserve room for each message in order; None if admitted, else why not.
-
-        Every admitted message must later be passed to `settle`.
-        """
-        usage = await self._store.usage([m.recipient for m in messages])
-        verdicts: list[str | None] = []
-        for message in messages:
-            size = body_bytes(message)
-            committed = usage[message.recipient]
-            flight = self._in_flight.setdefault(message.recipient, [0, 0])
-            if committed.messages + flight[0] + 1 > self.messages_max:
-                verdicts.append(f"mailbox {message.recipient} is full: {self.messages_max} messages queued")
-            elif committed.body_bytes + flight[1] + size > self.bytes_max:
-                verdicts.append(f"mailbox {message.recipient} is full: over {self.bytes_max} bytes queued")
-            else:
-                flight[0] += 1
-                flight[1] += size
-                verdicts.append(None)
-            if flight == [0, 0]:
-                del self._in_flight[message.recipient]
-        return verdicts
-
-    def settle(self, messages: Sequence[Message]) -> None:
-        """Release the reservations of admitted messages once their write finished (or failed)."""
-        for message in messages:
-            flight = self._in_flight[message.recipient]
-            flight[0] -= 1
-            flight[1] -= body_bytes(message)
-            assert flight[0] >= 0
-            assert flight[1] >= 0
-            if flight[0] == 0:
-                del self._in_flight[message.recipient]

@@ -140,18 +140,26 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: ReplicaMetrics) -> None:
         self._metrics = metrics
+        # method -> measured handler, built once (bounded by the services' methods)
+        self._measured: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        cached: Any = self._measured.get(handler_call_details.method)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
         inner: Any = handler.unary_unary  # an async callable under grpc.aio
         metrics = self._metrics
+        # label children looked up once per method (and per status code), not per call
+        seconds = metrics.rpc_seconds.labels(method)
+        counted: dict[str, Any] = {}
 
         async def measured(request: Any, context: Any) -> Any:
             started = time.perf_counter()
@@ -160,11 +168,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 code = context.code() if hasattr(context, "code") else None
                 name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-                metrics.rpcs.labels(method, name).inc()
-                metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+                counter = counted.get(name)
+                if counter is None:
+                    counter = counted[name] = metrics.rpcs.labels(method, name)
+                counter.inc()
+                seconds.observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             measured,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._measured[handler_call_details.method] = wrapped
+        return wrapped

@@ -8,10 +8,10 @@ import grpc
 
 from grpc_messenger import wire
 from grpc_messenger.errors import InvalidInput
-from grpc_messenger.model import validate_address, validate_key
+from grpc_messenger.model import validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from grpc_messenger.server.servicer import guarded
+from grpc_messenger.server.servicer import guarded, mailbox_of
 from grpc_messenger.store.base import Store
 
 DIGESTS_PAGE_MAX = 1000
@@ -37,33 +37,25 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     ) -> pb.DigestsResponse:
         limit = _limit(request.limit, DIGESTS_PAGE_MAX)
         found = await self._store.digests(after_mailbox=request.after_mailbox, limit=limit + 1)
-        return pb.DigestsResponse(
-            mailboxes=[
-                pb.MailboxDigest(mailbox=d.mailbox, digest=d.digest, messages=d.messages, tombstones=d.tombstones)
-                for d in found[:limit]
-            ],
-            more=len(found) > limit,
+        return wire.digests_response(
+            ((d.mailbox, d.digest, d.messages, d.tombstones) for d in found[:limit]), more=len(found) > limit
         )
 
     @guarded
     async def MailboxKeys(
         self, request: pb.MailboxKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MailboxKeysResponse:
-        mailbox = validate_address(request.mailbox, what="mailbox address")
+        mailbox = mailbox_of(request.mailbox)
         limit = _limit(request.limit, KEYS_PAGE_MAX)
         states = await self._store.key_states(mailbox, after_key=request.after_key, limit=limit + 1)
-        return pb.MailboxKeysResponse(
-            keys=[
-                pb.KeyState(key=k.key, tombstone=k.tombstone, deleted_unix_ms=k.deleted_unix_ms) for k in states[:limit]
-            ],
-            more=len(states) > limit,
+        return wire.keys_response(
+            ((k.key, k.tombstone, k.deleted_unix_ms) for k in states[:limit]), more=len(states) > limit
         )
 
     @guarded
-    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PullResponse:
-        mailbox = validate_address(request.mailbox, what="mailbox address")
+    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        mailbox = mailbox_of(request.mailbox)
         if len(request.keys) > PULL_KEYS_MAX:
             raise InvalidInput(f"pull asks for {len(request.keys)} keys; the limit is {PULL_KEYS_MAX}")
         keys = [validate_key(k) for k in request.keys]
-        messages = await self._store.get_queued(mailbox, keys)
-        return pb.PullResponse(messages=[wire.message_to_pb(m) for m in messages])
+        return wire.messages_response(await self._store.get_queued_wire(mailbox, keys))

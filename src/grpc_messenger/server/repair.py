@@ -17,13 +17,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from grpc_messenger import wire
 from grpc_messenger.errors import InvalidInput
+from grpc_messenger.model import PutOutcome, normalize_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.server.limits import TokenBucket
@@ -70,9 +71,12 @@ class Repairer:
         tombstone_grace_s: float,
         channel_factory: ChannelFactory | None = None,
         metrics: ReplicaMetrics | None = None,
+        on_stored: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
+        """`on_stored` hears of each mailbox that repair put new messages in (to wake its readers)."""
         assert interval_s > 0
         self._metrics = metrics
+        self._on_stored = on_stored
         self._store = store
         self._peers = peers
         self._interval_s = interval_s
@@ -163,7 +167,7 @@ class Repairer:
             }
             for remote in page.mailboxes:
                 stats.compared += 1
-                if ours.get(remote.mailbox) != remote.digest:
+                if ours.get(remote.mailbox, 0) != remote.digest:  # no row here: nothing held, digest 0
                     differing.append(remote.mailbox)
             after = last
             if not page.more or len(differing) >= MAILBOXES_PER_ROUND_MAX:
@@ -183,7 +187,9 @@ class Repairer:
             if not page.more or not page.keys:
                 break
             after = page.keys[-1].key
-        ours = await self._local_states(mailbox)
+        # a peer of an earlier version may name a mailbox in capitals: ours is normalized
+        local = normalize_address(mailbox)
+        ours = await self._local_states(local)
         # Tombstones win: theirs delete our queued copy, however old (a replica back from
         # a long absence must not keep serving what was acked meanwhile). One past its
         # grace period for a key we do not hold at all is being purged: copying it would
@@ -196,7 +202,7 @@ class Repairer:
         ]
         missing = [k.key for k in theirs if not k.tombstone and k.key not in ours]
         if tombstones:
-            await self._store.apply_tombstones(mailbox, tombstones)
+            await self._store.apply_tombstones(local, tombstones)
             stats.tombstoned += len(tombstones)
         for start in range(0, len(missing), PULL_CHUNK):
             chunk = missing[start : start + PULL_CHUNK]
@@ -214,13 +220,15 @@ class Repairer:
                 except InvalidInput:
                     stats.rejected += 1
                     continue
-                if message.recipient != mailbox or message.key not in wanted:
+                if normalize_address(message.recipient) != local or message.key not in wanted:
                     stats.rejected += 1
                     continue
                 messages.append(message)
             if messages:
-                await self._store.put_many(messages)
+                outcomes = await self._store.put_many(messages)
                 stats.pulled += len(messages)
+                if self._on_stored is not None and PutOutcome.STORED in outcomes:
+                    self._on_stored((local,))
 
     async def held_queued_by_a_peer(self, mailbox: str, keys: Sequence[str]) -> set[str]:
         """Which of `keys` some peer may still hold queued: held so, or the peer did not answer.

@@ -18,7 +18,6 @@ from grpc_messenger._version import __version__
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, StoreError
 from grpc_messenger.proto import messenger_pb2 as pb
-from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.ready import ReadyRecord
 from grpc_messenger.security import tls
 from grpc_messenger.security.exposure import check_exposure
@@ -30,9 +29,10 @@ from grpc_messenger.server.metrics import MetricsInterceptor, ReplicaMetrics
 from grpc_messenger.server.peer_servicer import ReplicaServicer
 from grpc_messenger.server.repair import Repairer
 from grpc_messenger.server.scrub import Scrubber
-from grpc_messenger.server.servicer import MessengerServicer
+from grpc_messenger.server.servicer import MessengerServicer, add_to_server
 from grpc_messenger.server.tombstones import purge_confirmed
 from grpc_messenger.store import MemoryStore, SqliteStore, Store, diskspace
+from grpc_messenger.store.base import Quota
 from grpc_messenger.store.maintenance import STORE_FILE, DataDirLock
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,19 @@ def open_store(config: ServerConfig) -> Store:
     from; alone, it refuses to start, so nobody mistakes an empty store for a
     healthy one.
     """
+    quota = Quota(messages_max=config.quota_messages_max, bytes_max=config.quota_bytes_max)
     if config.store == "memory":
-        return MemoryStore()
+        return MemoryStore(quota=quota)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     path = config.data_dir / STORE_FILE
     try:
-        return SqliteStore(path)
+        return SqliteStore(path, quota=quota)
     except StoreError as exc:
         if not config.peers:
             raise StoreError(f"{exc}; move the file away to start empty, or give --peer to rebuild from peers") from exc
         aside = set_aside(path)
         log.error("event=store.set_aside reason=%r moved_to=%s", str(exc), aside)
-        return SqliteStore(path)
+        return SqliteStore(path, quota=quota)
 
 
 def set_aside(path: Path) -> Path:
@@ -138,10 +139,9 @@ class Replica:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        pb_grpc.add_MessengerServiceServicer_to_server(
-            MessengerServicer(self.store, config, self.metrics), self._server
-        )
-        pb_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(self.store), self._server)
+        servicer = MessengerServicer(self.store, config, self.metrics)
+        add_to_server(servicer, self._server, "MessengerService")
+        add_to_server(ReplicaServicer(self.store), self._server, "ReplicaService")
         self._housekeeper: asyncio.Task[None] | None = None
         self._scrubber = Scrubber(
             self.store, rows_per_s=config.scrub_rows_per_s, pass_interval_s=config.scrub_interval_s
@@ -160,6 +160,7 @@ class Replica:
                 tombstone_grace_s=config.tombstone_grace_s,
                 channel_factory=_peer_channels(config),
                 metrics=self.metrics,
+                on_stored=servicer.signals.notify,  # repaired messages wake Subscribe streams too
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

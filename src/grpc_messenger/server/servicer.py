@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,15 +22,23 @@ from grpc_messenger._version import __version__
 from grpc_messenger.config import PAGE_BYTES_MAX, ServerConfig
 from grpc_messenger.errors import InvalidInput, KeyConflict, MessengerError, ResourceExhausted
 from grpc_messenger.grpc_errors import to_grpc
-from grpc_messenger.model import Message, PutOutcome, validate_address, validate_key
+from grpc_messenger.model import normalize_address, validate_address, validate_key
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
-from grpc_messenger.server.limits import MailboxQuota
 from grpc_messenger.server.metrics import ReplicaMetrics
 from grpc_messenger.server.subscriptions import PAGE_BYTES_MAX as SUBSCRIBE_PAGE_BYTES_MAX
 from grpc_messenger.server.subscriptions import PAGE_MESSAGES_MAX as SUBSCRIBE_PAGE_MESSAGES_MAX
 from grpc_messenger.server.subscriptions import MailboxSignals, SubscribeLimits
-from grpc_messenger.store.base import FETCH_LIMIT_MAX, Store
+from grpc_messenger.store.base import (
+    ALREADY_STORED,
+    CONFLICT,
+    FETCH_LIMIT_MAX,
+    OUTCOME_OF_CODE,
+    QUOTA_EXCEEDED,
+    STORED,
+    Row,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +64,26 @@ def guarded(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+def mailbox_of(address: str) -> str:
+    """The mailbox a request names: validated, then normalized (one mailbox however capitalised)."""
+    return normalize_address(validate_address(address, what="mailbox address"))
+
+
+_OUTCOME_LABEL = {
+    STORED: "stored",
+    ALREADY_STORED: "already_stored",
+    CONFLICT: "conflict",
+    QUOTA_EXCEEDED: "quota_exceeded",
+}
+
+
 class MessengerServicer(pb_grpc.MessengerServiceServicer):
-    """Serves one Store over the MessengerService protocol."""
+    """Serves one Store over the MessengerService protocol.
+
+    Replies of the hot methods (SendBatch, Fetch, Subscribe, ReceiveAll) are bytes
+    assembled from stored bytes; `add_to_server` registers the handlers with a
+    serializer that passes bytes through.
+    """
 
     def __init__(
         self,
@@ -69,117 +96,125 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         self._store = store
         self._config = config
         self._metrics = metrics
-        self._signals = MailboxSignals(subscribe or SubscribeLimits())
-        quota = MailboxQuota(store, messages_max=config.quota_messages_max, bytes_max=config.quota_bytes_max)
-        self._quota = quota if quota.enabled else None
+        self.signals = MailboxSignals(subscribe or SubscribeLimits())
+        self._addresses = wire.AddressCache()
+        # label children looked up once: counting is per batch and outcome, not per message
+        self._counters = (
+            {label: metrics.messages.labels(label) for label in (*_OUTCOME_LABEL.values(), "rejected")}
+            if metrics is not None
+            else {}
+        )
 
-    def _count(self, outcome: str, n: int = 1) -> None:
-        if self._metrics is not None:
-            self._metrics.messages.labels(outcome).inc(n)
+    def _count(self, label: str, n: int = 1) -> None:
+        counter = self._counters.get(label)
+        if counter is not None and n:
+            counter.inc(n)
 
-    def _decode(self, request: pb.SendRequest) -> Message:
-        return wire.message_from_pb(request, body_bytes_max=self._config.body_bytes_max)
+    def _count_codes(self, codes: tuple[int, ...]) -> None:
+        if not self._counters:
+            return
+        if all(code == STORED for code in codes):
+            self._count("stored", len(codes))
+            return
+        for code, n in Counter(codes).items():
+            self._count(_OUTCOME_LABEL[code], n)
 
-    async def _put_within_quota(self, messages: list[Message]) -> list[PutOutcome | str]:
-        """Store what fits the recipients' quotas; per message its outcome, or why it did not fit."""
-        if self._quota is None:
-            verdicts: list[str | None] = [None] * len(messages)
-            admitted = messages
-            stored = await self._store.put_many(messages) if messages else []
-        else:
-            verdicts = await self._quota.admit(messages)
-            admitted = [m for m, why in zip(messages, verdicts, strict=True) if why is None]
-            try:
-                stored = await self._store.put_many(admitted) if admitted else []
-            finally:
-                self._quota.settle(admitted)
-        self._signals.notify(m.recipient for m, o in zip(admitted, stored, strict=True) if o is PutOutcome.STORED)
-        outcomes = iter(stored)
-        return [next(outcomes) if why is None else why for why in verdicts]
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000)
 
     @guarded
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
-        message = self._decode(request)
-        (outcome,) = await self._put_within_quota([message])
-        if isinstance(outcome, str):
-            self._count("quota_exceeded")
-            raise ResourceExhausted(outcome)
-        self._count(outcome.value)
-        if outcome is PutOutcome.CONFLICT:
-            raise KeyConflict(f"key {message.key} is already stored with different content")
-        log.debug("event=send.stored key=%s outcome=%s", message.key, outcome.value)
-        return pb.SendResponse(
-            success=True,
-            debug_message=outcome.value,
-            outcome=wire.outcome_to_pb(outcome),
-            key=message.key,
+        request.DiscardUnknownFields()
+        row, _ = wire.row_from_pb(
+            request, body_bytes_max=self._config.body_bytes_max, now_ms=self._now_ms(), addresses=self._addresses
         )
+        result = await self._store.put_rows([row])
+        (code,) = result.codes
+        self._count(_OUTCOME_LABEL[code])
+        mailbox, key = row[0], row[1]
+        if code == QUOTA_EXCEEDED:
+            raise ResourceExhausted(result.details[0])
+        if code == CONFLICT:
+            raise KeyConflict(f"key {key} is already stored with different content")
+        if code == STORED:
+            self.signals.notify((mailbox,))
+        outcome = OUTCOME_OF_CODE[code]
+        return wire.send_response(outcome, key)
 
     @guarded
-    async def SendBatch(
-        self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SendBatchResponse:
-        if len(request.messages) > self._config.batch_messages_max:
-            raise InvalidInput(
-                f"batch has {len(request.messages)} messages; the limit is {self._config.batch_messages_max}"
-            )
-        results: list[pb.SendResult | None] = []
-        valid: list[Message] = []
-        for item in request.messages:
+    async def SendBatch(self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        items = request.messages
+        request.DiscardUnknownFields()  # stored bytes hold the known fields only: quotas count what is kept
+        if len(items) > self._config.batch_messages_max:
+            raise InvalidInput(f"batch has {len(items)} messages; the limit is {self._config.batch_messages_max}")
+        body_bytes_max = self._config.body_bytes_max
+        now_ms = self._now_ms()
+        addresses = self._addresses
+        rows: list[Row] = []
+        keys = [""] * len(items)  # said back only where the client may not know it
+        rejected: dict[int, str] = {}
+        for i, item in enumerate(items):
             try:
-                valid.append(self._decode(item))
-                results.append(None)
+                row, derived = wire.row_from_pb(item, body_bytes_max=body_bytes_max, now_ms=now_ms, addresses=addresses)
             except InvalidInput as exc:
-                results.append(pb.SendResult(key=item.key, outcome=pb.SEND_OUTCOME_REJECTED, error=str(exc)))
-        stored = await self._put_within_quota(valid)
-        for outcome in stored:
-            self._count("quota_exceeded" if isinstance(outcome, str) else outcome.value)
-        self._count("rejected", len(results) - len(valid))
-        outcomes = iter(stored)
-        messages = iter(valid)
-        filled = []
-        for result in results:
-            if result is None:
-                message, outcome = next(messages), next(outcomes)
-                if isinstance(outcome, str):
-                    result = pb.SendResult(key=message.key, outcome=pb.SEND_OUTCOME_QUOTA_EXCEEDED, error=outcome)
-                else:
-                    result = pb.SendResult(key=message.key, outcome=wire.outcome_to_pb(outcome))
-            filled.append(result)
-        return pb.SendBatchResponse(results=filled)
+                rejected[i] = str(exc)
+                keys[i] = item.key
+                continue
+            rows.append(row)
+            if derived:
+                keys[i] = row[1]
+        result = await self._store.put_rows(rows) if rows else None
+        stored_codes = result.codes if result is not None else ()
+        self._count_codes(stored_codes)
+        self._count("rejected", len(rejected))
+        woken = {row[0] for row, code in zip(rows, stored_codes, strict=True) if code == STORED}
+        if woken:
+            self.signals.notify(woken)
+        if not rejected and result is not None and not result.details and all(c == STORED for c in stored_codes):
+            return wire.batch_response(stored_codes, keys, {})
+        codes: list[int] = []
+        details: dict[int, str] = {}
+        at = 0
+        for i in range(len(items)):
+            if i in rejected:
+                codes.append(wire.REJECTED)
+                details[i] = rejected[i]
+                continue
+            code = stored_codes[at]
+            codes.append(code)
+            if code != STORED:
+                keys[i] = rows[at][1]
+                if result is not None and at in result.details:
+                    details[i] = result.details[at]
+            at += 1
+        return wire.batch_response(codes, keys, details)
 
     @guarded
-    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchResponse:
-        mailbox = validate_address(request.self_email, what="mailbox address")
+    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        mailbox = mailbox_of(request.self_email)
         if request.after_seq < 0:
             raise InvalidInput("after_seq must not be negative")
         if request.limit < 0:
             raise InvalidInput("limit must not be negative")
         limit = min(request.limit or self._config.fetch_limit_default, FETCH_LIMIT_MAX)
-        page = await self._store.fetch(mailbox, after_seq=request.after_seq, limit=limit, bytes_max=PAGE_BYTES_MAX)
-        return pb.FetchResponse(
-            messages=[wire.message_to_pb(m) for m in page.messages],
-            next_after_seq=page.next_after_seq,
-            more=page.more,
-        )
+        page = await self._store.fetch_wire(mailbox, after_seq=request.after_seq, limit=limit, bytes_max=PAGE_BYTES_MAX)
+        return wire.fetch_response(page.wires, page.next_after_seq, page.more)
 
     @guarded
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.AckResponse:
-        mailbox = validate_address(request.self_email, what="mailbox address")
+        mailbox = mailbox_of(request.self_email)
         if len(request.keys) > self._config.ack_keys_max:
             raise InvalidInput(f"ack has {len(request.keys)} keys; the limit is {self._config.ack_keys_max}")
         keys = [validate_key(key) for key in request.keys]
         deleted = await self._store.ack(mailbox, keys)
-        return pb.AckResponse(deleted=deleted)
+        return wire.ack_response(deleted)
 
     @guarded
-    async def ReceiveAll(
-        self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.InboxResponse:
-        mailbox = validate_address(request.self_email, what="mailbox address")
+    async def ReceiveAll(self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        mailbox = mailbox_of(request.self_email)
         # Bounded so the answer fits one frame; what is left stays queued for the next call.
-        taken = await self._store.take(mailbox, limit=self._config.receive_all_max, bytes_max=PAGE_BYTES_MAX)
-        return pb.InboxResponse(messages=[wire.message_to_pb(m) for m in taken])
+        taken = await self._store.take_wire(mailbox, limit=self._config.receive_all_max, bytes_max=PAGE_BYTES_MAX)
+        return wire.messages_response(taken)
 
     # Written with context.write rather than as a generator, so a write can time out.
     async def Subscribe(  # type: ignore[override]
@@ -187,10 +222,10 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     ) -> None:
         """Pages of the mailbox from after_seq on, then new messages as they arrive (see the proto)."""
         try:
-            mailbox = validate_address(request.self_email, what="mailbox address")
+            mailbox = mailbox_of(request.self_email)
             if request.after_seq < 0:
                 raise InvalidInput("after_seq must not be negative")
-            with self._signals.listen(mailbox) as wake:
+            with self.signals.listen(mailbox) as wake:
                 await self._stream(mailbox, request.after_seq, wake, context)
         except MessengerError as exc:
             await context.abort(to_grpc(exc.code), str(exc))
@@ -204,43 +239,34 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
     async def _stream(
         self, mailbox: str, after_seq: int, wake: asyncio.Event, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        limits = self._signals.limits
+        limits = self.signals.limits
         ends_at = time.monotonic() + limits.lifetime_s
         first = True  # the first page is always sent, even empty: "you are subscribed"
         # bounded: one page or one heartbeat per round, and the lifetime caps the rounds' total time
         while (left_s := ends_at - time.monotonic()) > 0:
             wake.clear()  # before the read: a put landing during it wakes the next wait
-            page = await self._store.fetch(
+            page = await self._store.fetch_wire(
                 mailbox, after_seq=after_seq, limit=SUBSCRIBE_PAGE_MESSAGES_MAX, bytes_max=SUBSCRIBE_PAGE_BYTES_MAX
             )
-            if page.messages or page.next_after_seq != after_seq or first:
+            if page.wires or page.next_after_seq != after_seq or first:
                 first = False
                 after_seq = page.next_after_seq
-                await self._write(context, page.messages, after_seq, page.more)
+                await self._write(context, wire.fetch_response(page.wires, after_seq, page.more))
                 if page.more:
                     continue
             try:
                 await asyncio.wait_for(wake.wait(), timeout=min(limits.heartbeat_s, left_s))
             except TimeoutError:
-                await self._write(context, (), after_seq, False)  # heartbeat
+                await self._write(context, wire.fetch_response((), after_seq, False))  # heartbeat
 
-    async def _write(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        messages: tuple[Message, ...],
-        next_after_seq: int,
-        more: bool,
-    ) -> None:
-        response = pb.FetchResponse(
-            messages=[wire.message_to_pb(m) for m in messages], next_after_seq=next_after_seq, more=more
-        )
+    async def _write(self, context: grpc.aio.ServicerContext[Any, Any], response: bytes) -> None:
         # a client that stops reading must not hold its slot (and this page) forever
-        await asyncio.wait_for(context.write(response), timeout=self._signals.limits.write_timeout_s)
+        await asyncio.wait_for(context.write(response), timeout=self.signals.limits.write_timeout_s)
 
     @guarded
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.InfoResponse:
         counts = await self._store.counts()
-        return pb.InfoResponse(
+        return wire.info_response(
             replica_id=self._store.replica_id,
             version=__version__,
             store=self._store.kind,
@@ -249,3 +275,25 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             tombstones=counts.tombstones,
             state_digest=await self._store.state_digest(),
         )
+
+
+def add_to_server(servicer: Any, server: grpc.aio.Server, service_name: str) -> None:
+    """Register a servicer's methods like the generated add_*_to_server, answering bytes as they are.
+
+    Every method of `service_name` in messenger.proto is registered (none can be
+    forgotten); handlers may return a pb message or its serialized bytes.
+    """
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        deserializer = getattr(pb, method.input_type.name).FromString
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=deserializer,
+            response_serializer=wire.serialize_reply,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:
+        register(service.full_name, handlers)

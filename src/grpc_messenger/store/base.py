@@ -18,6 +18,72 @@ FETCH_LIMIT_MAX = 1000
 # Digest of a tombstone for a key acked before this replica ever held it.
 UNKNOWN_DIGEST = ""
 
+# What a put did with one row. The numbers are the wire's SendOutcome values
+# (wire.py checks it at import), so a reply is built from them without a mapping.
+STORED = 1
+ALREADY_STORED = 2
+CONFLICT = 3
+QUOTA_EXCEEDED = 5
+OUTCOME_OF_CODE = {
+    STORED: PutOutcome.STORED,
+    ALREADY_STORED: PutOutcome.ALREADY_STORED,
+    CONFLICT: PutOutcome.CONFLICT,
+}
+CODE_OF_OUTCOME = {v: k for k, v in OUTCOME_OF_CODE.items()}
+
+# One validated message ready to store: (mailbox, key, content digest, body bytes, wire).
+# `mailbox` is the normalized recipient; `wire` the serialized SendRequest that readers
+# are served as is. A plain tuple: the write path builds one per message.
+Row = tuple[str, str, str, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Per-mailbox caps on queued messages and body bytes (UTF-8); 0 means unlimited."""
+
+    messages_max: int = 0
+    bytes_max: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """False when both caps are unlimited."""
+        return self.messages_max > 0 or self.bytes_max > 0
+
+    def refusal(self, mailbox: str, *, messages: int, body_bytes: int) -> str | None:
+        """Why a mailbox holding this much after a put would be over quota; None if it fits."""
+        if self.messages_max and messages > self.messages_max:
+            return f"mailbox {mailbox} is full: {self.messages_max} messages queued"
+        if self.bytes_max and body_bytes > self.bytes_max:
+            return f"mailbox {mailbox} is full: over {self.bytes_max} bytes queued"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """Outcome codes of a put, one per row in order; details only for rows not simply stored."""
+
+    codes: tuple[int, ...]
+    details: dict[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WirePage:
+    """One page of a mailbox as the serialized SendRequests stored (each checked against its checksum)."""
+
+    wires: tuple[bytes, ...]
+    next_after_seq: int
+    more: bool
+
+
+def row_checksum(mailbox: str, key: str, digest: str, body_bytes: int, wire: bytes) -> bytes:
+    """The checksum a stored row carries: covers every column a reader or repair relies on.
+
+    Text read back from a damaged page holds lone surrogates (see the SQLite store);
+    surrogateescape turns them back into the damaged bytes, so the sum differs.
+    """
+    head = f"{mailbox}\0{key}\0{digest}\0{body_bytes}\0".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(head + wire).digest()
+
 
 @dataclass(frozen=True, slots=True)
 class FetchPage:
@@ -122,7 +188,23 @@ class Store(Protocol):
         ...
 
     async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
-        """Store each message once per mailbox; one outcome each, in order."""
+        """Store each message once per mailbox; one outcome each, in order (no quota: repair)."""
+        ...
+
+    async def put_rows(self, rows: Sequence[Row]) -> PutResult:
+        """Store validated rows, each once per mailbox, within the store's quota (the write path)."""
+        ...
+
+    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
+        """Like `fetch`, as the stored wire bytes: what Fetch and Subscribe serve."""
+        ...
+
+    async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
+        """Like `take`, as the stored wire bytes (legacy ReceiveAll)."""
+        ...
+
+    async def get_queued_wire(self, mailbox: str, keys: Sequence[str]) -> list[bytes]:
+        """Like `get_queued`, as the stored wire bytes (repair Pull)."""
         ...
 
     async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from grpc_messenger.errors import StoreError
-from grpc_messenger.model import content_digest
+from grpc_messenger.store.base import row_checksum
 from grpc_messenger.store.diskspace import bytes_on_disk
 
 STORE_FILE = "replica.sqlite3"
@@ -138,10 +138,12 @@ def _verify_rows(conn: sqlite3.Connection) -> tuple[int, list[DamagedRow], int]:
     # one consistent snapshot for the whole scan
     conn.execute("BEGIN")
     try:
-        rows = conn.execute("SELECT seq, msg_key, sender, mailbox, body, digest FROM messages ORDER BY seq")
-        for seq, key, sender, mailbox, body, digest in rows:
+        rows = conn.execute(
+            "SELECT seq, mailbox, msg_key, digest, body_bytes, wire, checksum FROM messages ORDER BY seq"
+        )
+        for seq, mailbox, key, digest, size, data, checksum in rows:
             checked += 1
-            if content_digest(key=key, sender=sender, recipient=mailbox, body=body) == digest:
+            if isinstance(data, bytes) and row_checksum(mailbox, key, digest, size, data) == checksum:
                 continue
             count += 1
             if len(damaged) < DAMAGED_LISTED_MAX:

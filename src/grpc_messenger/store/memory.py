@@ -6,16 +6,25 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from grpc_messenger import wire
 from grpc_messenger.model import Message, PutOutcome
 from grpc_messenger.store.base import (
+    CODE_OF_OUTCOME,
+    OUTCOME_OF_CODE,
+    QUOTA_EXCEEDED,
+    STORED,
     UNKNOWN_DIGEST,
     FetchPage,
     KeyState,
     MailboxDigest,
     MailboxUsage,
+    PutResult,
+    Quota,
+    Row,
     ScrubPage,
     StoreCounts,
     TombstoneRef,
+    WirePage,
     decide,
     key_hash,
 )
@@ -24,11 +33,12 @@ from grpc_messenger.store.base import (
 class MemoryStore:
     """Mailboxes in dicts; a global sequence number orders arrivals."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quota: Quota | None = None) -> None:
         self._replica_id = f"mem-{uuid.uuid4().hex[:12]}"
+        self._quota = quota if quota is not None and quota.enabled else None
         self._seq = 0
-        # mailbox -> key -> (seq, message); dicts keep insertion (= seq) order
-        self._queued: dict[str, dict[str, tuple[int, Message]]] = {}
+        # mailbox -> key -> (seq, digest, body bytes, wire); dicts keep insertion (= seq) order
+        self._queued: dict[str, dict[str, tuple[int, str, int, bytes]]] = {}
         # mailbox -> key -> (digest, deleted_unix_ms)
         self._tombstones: dict[str, dict[str, tuple[str, int]]] = {}
         # mailbox -> body bytes queued (for quotas; the message count is len(box))
@@ -42,40 +52,59 @@ class MemoryStore:
     def replica_id(self) -> str:
         return self._replica_id
 
-    async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
-        outcomes = []
-        for message in messages:
-            box = self._queued.setdefault(message.recipient, {})
-            stored = box.get(message.key)
-            outcome = decide(
-                new_digest=message.digest,
-                stored_digest=stored[1].digest if stored else None,
-                tombstone_digest=self._tombstones.get(message.recipient, {}).get(message.key, (None, 0))[0],
-            )
-            if outcome is None:
-                self._seq += 1
-                box[message.key] = (self._seq, message)
-                self._body_bytes[message.recipient] = self._body_bytes.get(message.recipient, 0) + _size(message)
-                outcome = PutOutcome.STORED
-            outcomes.append(outcome)
-        return outcomes
+    async def put_rows(self, rows: Sequence[Row]) -> PutResult:
+        return self._put(rows, self._quota)
 
-    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
+    async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
+        result = self._put([wire.row_of(m) for m in messages], None)
+        return [OUTCOME_OF_CODE[code] for code in result.codes]
+
+    def _put(self, rows: Sequence[Row], quota: Quota | None) -> PutResult:
+        codes = []
+        details = {}
+        for i, (mailbox, key, digest, size, data) in enumerate(rows):
+            box = self._queued.setdefault(mailbox, {})
+            stored = box.get(key)
+            outcome = decide(
+                new_digest=digest,
+                stored_digest=stored[1] if stored else None,
+                tombstone_digest=self._tombstones.get(mailbox, {}).get(key, (None, 0))[0],
+            )
+            if outcome is not None:
+                codes.append(CODE_OF_OUTCOME[outcome])
+                continue
+            body_bytes = self._body_bytes.get(mailbox, 0)
+            why = quota.refusal(mailbox, messages=len(box) + 1, body_bytes=body_bytes + size) if quota else None
+            if why is not None:
+                codes.append(QUOTA_EXCEEDED)
+                details[i] = why
+                continue
+            self._seq += 1
+            box[key] = (self._seq, digest, size, data)
+            self._body_bytes[mailbox] = body_bytes + size
+            codes.append(STORED)
+        return PutResult(codes=tuple(codes), details=details)
+
+    async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
         assert limit > 0
-        page: list[Message] = []
+        page: list[bytes] = []
         last = after_seq
         more = False
         size = 0
-        for seq, message in self._queued.get(mailbox, {}).values():
+        for seq, _, _, data in self._queued.get(mailbox, {}).values():
             if seq <= after_seq:
                 continue
-            size += len(message.body.encode("utf-8", "surrogatepass"))
+            size += len(data)
             if len(page) == limit or (page and size > bytes_max):
                 more = True
                 break
-            page.append(message)
+            page.append(data)
             last = seq
-        return FetchPage(messages=tuple(page), next_after_seq=last, more=more)
+        return WirePage(wires=tuple(page), next_after_seq=last, more=more)
+
+    async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
+        page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, bytes_max=bytes_max)
+        return FetchPage(tuple(wire.message_of_wire(w) for w in page.wires), page.next_after_seq, page.more)
 
     async def ack(self, mailbox: str, keys: Sequence[str]) -> int:
         now_ms = int(time.time() * 1000)
@@ -89,8 +118,8 @@ class MemoryStore:
             entry = box.pop(key, None)
             if entry is not None:
                 deleted += 1
-                self._body_bytes[mailbox] -= _size(entry[1])
-            digest, earlier_ms = tombs.get(key, (entry[1].digest if entry else UNKNOWN_DIGEST, deleted_ms))
+                self._body_bytes[mailbox] -= entry[2]
+            digest, earlier_ms = tombs.get(key, (entry[1] if entry else UNKNOWN_DIGEST, deleted_ms))
             tombs[key] = (digest, min(earlier_ms, deleted_ms))
         return deleted
 
@@ -124,16 +153,19 @@ class MemoryStore:
                 forgotten += 1
         return forgotten
 
-    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
-        taken: list[Message] = []
+    async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
+        taken: list[tuple[str, bytes]] = []
         size = 0
-        for _, message in self._queued.get(mailbox, {}).values():
-            size += len(message.body.encode("utf-8", "surrogatepass"))
+        for key, (_, _, _, data) in self._queued.get(mailbox, {}).items():
+            size += len(data)
             if len(taken) == limit or (taken and size > bytes_max):
                 break
-            taken.append(message)
-        await self.ack(mailbox, [m.key for m in taken])
-        return taken
+            taken.append((key, data))
+        await self.ack(mailbox, [key for key, _ in taken])
+        return [data for _, data in taken]
+
+    async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
+        return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, bytes_max=bytes_max)]
 
     async def counts(self) -> StoreCounts:
         return StoreCounts(
@@ -180,13 +212,12 @@ class MemoryStore:
         states += [KeyState(k, True, ms) for k, (_, ms) in self._tombstones.get(mailbox, {}).items()]
         return sorted((s for s in states if s.key > after_key), key=lambda s: s.key)[:limit]
 
-    async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
+    async def get_queued_wire(self, mailbox: str, keys: Sequence[str]) -> list[bytes]:
         box = self._queued.get(mailbox, {})
-        return [box[k][1] for k in keys if k in box]
+        return [box[k][3] for k in dict.fromkeys(keys) if k in box]
+
+    async def get_queued(self, mailbox: str, keys: Sequence[str]) -> list[Message]:
+        return [wire.message_of_wire(w) for w in await self.get_queued_wire(mailbox, keys)]
 
     async def close(self) -> None:
         return None
-
-
-def _size(message: Message) -> int:
-    return len(message.body.encode("utf-8", "surrogatepass"))
