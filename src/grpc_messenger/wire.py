@@ -101,6 +101,11 @@ def fetch_request(mailbox: str, *, after_seq: int, limit: int) -> pb.FetchReques
     return pb.FetchRequest(self_email=mailbox, after_seq=after_seq, limit=limit)
 
 
+def subscribe_request(mailbox: str, *, after_seq: int) -> pb.SubscribeRequest:
+    """A Subscribe to `mailbox` from replica position `after_seq` (0: everything still queued)."""
+    return pb.SubscribeRequest(self_email=mailbox, after_seq=after_seq)
+
+
 def ack_request(mailbox: str, keys: Sequence[str]) -> pb.AckRequest:
     """An Ack deleting `keys` from `mailbox`."""
     return pb.AckRequest(self_email=mailbox, keys=list(keys))

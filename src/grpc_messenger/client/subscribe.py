@@ -34,8 +34,9 @@ import grpc
 
 from grpc_messenger import wire
 from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.client.pages import ack_keys
 from grpc_messenger.errors import MessengerError, Status
-from grpc_messenger.grpc_errors import from_rpc_error
+from grpc_messenger.grpc_errors import map_rpc_errors
 from grpc_messenger.model import Message, normalize_address, validate_address
 from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
@@ -225,8 +226,7 @@ class Subscription:
                 after_seq = await self._stream(replica, after_seq)
                 attempt = 0  # ended cleanly by the replica: resume right away from where it was
                 continue
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
+            except MessengerError as error:
                 if error.code in _FINAL_CODES:
                     self._refuse(replica.address, error)
                     return
@@ -245,14 +245,15 @@ class Subscription:
     async def _stream(self, replica: ReplicaStream, after_seq: int) -> int:
         """Follow one stream until the replica ends it; return the position to resume at."""
         call = replica.stub.Subscribe(
-            pb.SubscribeRequest(self_email=self.address, after_seq=after_seq),
+            wire.subscribe_request(self.address, after_seq=after_seq),
             timeout=self.options.stream_deadline_s,
             metadata=self._metadata,
         )
         try:
             while True:
                 async with asyncio.timeout(self.options.idle_timeout_s):
-                    page = await call.read()
+                    with map_rpc_errors():
+                        page = await call.read()
                 if page is grpc.aio.EOF:
                     return after_seq
                 assert isinstance(page, pb.FetchResponse)
@@ -270,9 +271,11 @@ class Subscription:
         fresh = await asyncio.to_thread(self._inbox.store_new, self.address, messages)
         self._remember(replica.address, messages)
         # only now, with the copy on our disk, may the replica delete its own
-        await replica.stub.Ack(
-            pb.AckRequest(self_email=self.address, keys=[m.key for m in messages]),
-            timeout=self._call_timeout_s,
+        await ack_keys(
+            replica.stub,
+            self.address,
+            [m.key for m in messages],
+            timeout_s=self._call_timeout_s,
             metadata=self._metadata,
         )
         if fresh:

@@ -15,20 +15,19 @@ from pathlib import Path
 
 from grpc_messenger.errors import ResourceExhausted, StoreError
 
-# SQLite's primary result codes (the low byte of an extended code)
-SQLITE_FULL = 13
-
 
 class DiskFull(ResourceExhausted):
     """The replica's data directory has no space left; writes are refused until space returns."""
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
-    """True when SQLite failed for want of space (SQLITE_FULL, or an I/O error carrying ENOSPC)."""
+    """True when SQLite failed for want of space: SQLITE_FULL, read from the error code, never its text.
+
+    (The unix VFS turns ENOSPC on a write into SQLITE_FULL; the low byte of an
+    extended result code is its primary code.)
+    """
     code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF == SQLITE_FULL:
-        return True
-    return "database or disk is full" in str(exc)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
 
 
 def commit_error(exc: sqlite3.Error, *, path: Path) -> StoreError | DiskFull:
