@@ -35,6 +35,18 @@ CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox (owner, created_unix_ms, sende
 CREATE INDEX IF NOT EXISTS inbox_unshown ON inbox (owner, shown, created_unix_ms, sender, msg_key);
 """
 INBOX_FILE = "inbox.sqlite3"
+# PRAGMA user_version: 1 = owners are normalized addresses (older files are folded once at open)
+_OWNERS_NORMALIZED = 1
+# Older inboxes kept each owner as typed. Fold every spelling into the lower-case owner: a
+# key held under several spellings stays once, and shown if any copy was shown, so nothing
+# is shown twice and nothing shown is shown again.
+_FOLD_OWNERS = (
+    "UPDATE OR IGNORE inbox SET owner = lower(owner) WHERE owner != lower(owner)",
+    "UPDATE inbox SET shown = 1 WHERE owner = lower(owner) AND shown = 0 AND EXISTS"
+    " (SELECT 1 FROM inbox AS other WHERE other.owner != lower(other.owner)"
+    " AND lower(other.owner) = inbox.owner AND other.msg_key = inbox.msg_key AND other.shown = 1)",
+    "DELETE FROM inbox WHERE owner != lower(owner)",
+)
 
 
 def default_data_dir() -> Path:
@@ -57,10 +69,26 @@ class LocalInbox:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")  # stored before acked must mean on disk
             self._conn.executescript(_SCHEMA)
+            self._fold_owners()
         except sqlite3.Error as exc:  # no file descriptor left, a full disk, a read-only home
             raise InboxError(
                 f"cannot open the local inbox {self.path} ({exc}); nothing was read or acknowledged"
             ) from exc
+
+    def _fold_owners(self) -> None:
+        """Once per file: owners written as typed by older versions become normalized addresses."""
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version >= _OWNERS_NORMALIZED:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _FOLD_OWNERS:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {_OWNERS_NORMALIZED}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> LocalInbox:
