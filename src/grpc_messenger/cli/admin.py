@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def _print_check(report: maintenance.CheckReport, *, as_json: bool) -> None:
     out.print("[green]ok[/]" if report.ok else "[red]damaged[/]: repair restores damaged rows from peers")
 
 
+def _report_and_exit(run: Callable[[], maintenance.CheckReport], *, as_json: bool) -> None:
+    """Run a backup or a check, print its report, exit 0 when the store is sound and 1 otherwise."""
+    try:
+        report = run()
+    except StoreError as exc:
+        _fail(exc)
+        return
+    _print_check(report, as_json=as_json)
+    sys.exit(0 if report.ok else 1)
+
+
 def _fail(exc: StoreError) -> None:
     err.print(f"[red]error[/]: {escape_control(str(exc))}")
     sys.exit(1)
@@ -70,13 +82,7 @@ def backup_command(data_dir: Path, out_path: Path, as_json: bool) -> None:
     start it with --peer: repair brings what was written since, and the peers'
     tombstones delete what was acked since.
     """
-    try:
-        report = maintenance.backup(maintenance.store_file(data_dir), out_path)
-    except StoreError as exc:
-        _fail(exc)
-        return
-    _print_check(report, as_json=as_json)
-    sys.exit(0 if report.ok else 1)
+    _report_and_exit(lambda: maintenance.backup(maintenance.store_file(data_dir), out_path), as_json=as_json)
 
 
 @admin.command("check")
@@ -84,13 +90,7 @@ def backup_command(data_dir: Path, out_path: Path, as_json: bool) -> None:
 @_JSON
 def check_command(data_dir: Path, as_json: bool) -> None:
     """Integrity check and per-row checksums, read-only (a running replica is fine); exit 1 on damage."""
-    try:
-        report = maintenance.check(maintenance.store_file(data_dir))
-    except StoreError as exc:
-        _fail(exc)
-        return
-    _print_check(report, as_json=as_json)
-    sys.exit(0 if report.ok else 1)
+    _report_and_exit(lambda: maintenance.check(maintenance.store_file(data_dir)), as_json=as_json)
 
 
 @admin.command("compact")

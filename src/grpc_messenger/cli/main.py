@@ -6,6 +6,7 @@ Every failure is one clear line on stderr and a documented exit status
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -292,8 +293,11 @@ def send(
 
 
 def _resend_hint(key: str, sender: str, recipient: str, quorum: int | None) -> str:
-    quorum_args = f" --quorum {quorum}" if quorum else ""
-    return f"messenger send --key {key} --from {sender} --to {recipient}{quorum_args} ..."
+    # quoted for the shell, so the hint can be pasted as it is whatever the addresses hold
+    args = ["messenger", "send", "--key", key, "--from", sender, "--to", recipient]
+    if quorum:
+        args += ["--quorum", str(quorum)]
+    return f"{shlex.join(args)} ..."
 
 
 def _send_failed(config: ClientConfig, report: SendReport, *, as_json: bool, resend: str) -> None:
