@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from grpc_messenger import ClientConfig, Draft, Messenger, ReplicaState
-from grpc_messenger.client.outbox import BACKOFF_CAP_S, EXPIRE_ATTEMPTS_MIN, Outbox, backoff_ms
+from grpc_messenger.client.outbox import BACKOFF_CAP_S, EXPIRE_ATTEMPTS_MIN, Outbox, OwedDelivery, backoff_ms
 from grpc_messenger.errors import Failure, Status
 from grpc_messenger.model import Message, new_key
 from tests.cli_support import messenger
@@ -17,6 +17,9 @@ from tests.conftest import ReplicaFactory, ReplicaProcess, queued_keys, wait_unt
 
 BOB = "bob@example.org"
 DOWN = Failure(Status.UNAVAILABLE, "connection refused")
+WAIT_S = 30.0  # a wait for a condition: it returns as soon as the condition holds
+HELD_S = 120.0  # a deadline no test waits out: a held call stays unanswered, never failed
+FLUSHES_MAX = 100
 
 
 def message(body: str = "hi") -> Message:
@@ -111,10 +114,10 @@ def test_a_replica_that_was_down_gets_its_copies_from_the_outbox(
     with Messenger(config(cluster.servers, client_home, outbox_interval_s=0.1)) as m:
         reports = m.send_many(Draft("alice@example.org", BOB, f"m{i}") for i in range(50))
         assert all(r.ok for r in reports)
-        wait_until(lambda: m.outbox_owed() == (50, 0), timeout_s=10)
+        wait_until(lambda: m.outbox_owed() == (50, 0), timeout_s=WAIT_S)
         down.start()
         # the background loop delivers without being asked
-        wait_until(lambda: m.outbox_owed() == (0, 0), timeout_s=30)
+        wait_until(lambda: m.outbox_owed() == (0, 0), timeout_s=WAIT_S)
     assert queued(down) == {r.key for r in reports}
 
 
@@ -181,39 +184,61 @@ def test_deliveries_unanswered_when_send_returns_are_owed_on_disk(
 
     cluster = replica_factory.cluster(3)
 
-    async def run() -> tuple[tuple[int, int], tuple[int, int]]:
+    async def run() -> tuple[list[OwedDelivery], tuple[int, int]]:
         proxies = [FaultProxy(name=f"p{i}", upstream=r.address) for i, r in enumerate(cluster.replicas)]
         for proxy in proxies:
             await proxy.start()
         try:
-            proxies[1].set_mode(ProxyMode.DROP)  # slow, not refused: the send returns with these pending
-            proxies[2].set_mode(ProxyMode.DROP)
             servers = tuple(p.address for p in proxies)
-            config = ClientConfig(servers=servers, data_dir=client_home, timeout_s=3.0, outbox_interval_s=60)
+            config = ClientConfig(servers=servers, data_dir=client_home, timeout_s=HELD_S, outbox_interval_s=60)
             async with AsyncMessenger(config) as m:
+                # connections up first: one silenced before its handshake is refused at once, one
+                # silenced after it holds its calls unanswered (their deadline is far off)
+                assert all(s.reachable for s in await m.status())
+                proxies[1].set_mode(ProxyMode.DROP)
+                proxies[2].set_mode(ProxyMode.DROP)
                 report = await m.send(sender="alice@example.org", recipient=BOB, body="in doubt")
                 assert [r.state for r in report.replicas][1:] == [ReplicaState.PENDING] * 2
-                await asyncio.sleep(0.5)  # past the pending grace, long before the 3 s deadline
                 # what a fresh process would find if this one died now
-                seen_by_next_start = Outbox.in_dir(client_home)
-                try:
-                    in_doubt = seen_by_next_start.counts()
-                finally:
-                    seen_by_next_start.close()
-            for proxy in proxies:
-                proxy.set_mode(ProxyMode.PASS)
+                in_doubt = await _on_disk_once(client_home, owed=2, timeout_s=WAIT_S)
+                assert sorted(d.replica for d in in_doubt) == sorted(servers[1:])
+                # the held connections are reset: their calls fail now, not at their deadline
+                for proxy in proxies:
+                    proxy.set_mode(ProxyMode.PASS)
             # the next start (fresh connections) delivers what is owed
             async with AsyncMessenger(config) as m:
-                await m.flush_outbox()
+                for _ in range(FLUSHES_MAX):  # a connection the last process saw reset may still be backing off
+                    if await m.flush_outbox() == 0:
+                        break
+                    await asyncio.sleep(0.2)
                 return in_doubt, await m.outbox_owed()
         finally:
             for proxy in proxies:
                 await proxy.close()
 
-    in_doubt, after = asyncio.run(asyncio.wait_for(run(), timeout=60))
-    assert in_doubt == (2, 0)
+    in_doubt, after = asyncio.run(asyncio.wait_for(run(), timeout=3 * WAIT_S))
+    # written while unanswered (in doubt), not once the calls failed
+    assert [("no answer yet" in d.last_error, d.expired) for d in in_doubt] == [(True, False)] * 2, in_doubt
     assert after == (0, 0)
     assert all(len(queued(r)) == 1 for r in cluster.replicas)
+
+
+async def _on_disk_once(home: Path, *, owed: int, timeout_s: float) -> list[OwedDelivery]:
+    """What a new process opening `home` finds, once `owed` deliveries are there (or at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = await asyncio.to_thread(_listing_on_disk, home)
+        if len(seen) >= owed or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.05)
+
+
+def _listing_on_disk(home: Path) -> list[OwedDelivery]:
+    outbox = Outbox.in_dir(home)
+    try:
+        return outbox.listing(limit=100)
+    finally:
+        outbox.close()
 
 
 def test_deliveries_answered_quickly_never_touch_the_outbox(replica_factory: ReplicaFactory, client_home: Path) -> None:
