@@ -30,6 +30,7 @@ class Drained:
 
     pages_read: int
     failures: dict[int, Failure]
+    more: bool  # some replica still had pages when the drain stopped (at `stored_max` or a bound)
 
 
 async def drain(
@@ -73,7 +74,7 @@ async def drain(
                 if failure is not None:
                     failures[i] = failure
         active = [i for i in still if i not in failures]
-    return Drained(pages_read, failures)
+    return Drained(pages_read, failures, more=bool(active))
 
 
 async def _fetch(link: Link, mailbox: str, after_seq: int, page_size: int) -> wire.FetchedPage | Failure:
