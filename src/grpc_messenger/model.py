@@ -241,6 +241,9 @@ class ReadReport:
     messages: tuple[Message, ...]
     replicas_answered: tuple[str, ...]
     failures: tuple[tuple[str, Failure], ...] = field(default=())
+    # False when this read took everything the answering replicas held (as it began):
+    # a loop reading a mailbox to the end can stop without one more, empty, read
+    more: bool = False
 
     @property
     def complete(self) -> bool:
@@ -277,6 +280,7 @@ class ReplicaStatus:
     mailboxes: int = 0
     tombstones: int = 0
     state_digest: int = 0
+    rebuilding: bool = False  # started on an empty store, not yet repaired from every peer
     latency_ms: float = 0.0
     failure: Failure | None = None
 
