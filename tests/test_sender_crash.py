@@ -151,7 +151,7 @@ def test_short_run_with_crashing_senders_and_lying_clocks(tmp_path: Path) -> Non
     assert report["under_replicated"] == 0
     events = list(read_history(history_path))
     killed = [e for e in events if e["type"] == "sender_killed"]
-    assert {e["moment"] for e in killed} == {"after_ack", "random"}, killed  # both moments
+    assert {e.get("moment") for e in killed} == {"after_ack", "random"}, killed  # both moments, none skipped
     restarted = {e["process"] for e in events if e["type"] == "sender_started" and e["incarnation"] > 1}
     assert restarted >= {e["process"] for e in killed}, "a killed sender did not come back"
     assert any(e["type"] == "clock_jump" for e in events)
