@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from grpc_messenger import wire
 from grpc_messenger.client.core import AsyncMessenger
+from grpc_messenger.client.outbox import BACKOFF_CAP_S
 from grpc_messenger.client.subscribe import SubscribeOptions
 from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig
@@ -28,12 +29,12 @@ from grpc_messenger.tui.session import SignIn, library_opener
 from tests.conftest import Cluster, ReplicaFactory, queued_keys, wait_until
 from tests.security_support import make_keys, stub_for
 
-PUSH_WAIT_S = 10.0
+PUSH_WAIT_S = 30.0  # a wait for a push: it returns as soon as the message is there
 FAST = SubscribeOptions(backoff_initial_s=0.05, backoff_max_s=0.5)
 
 
 def config(cluster: Cluster, home: Path, **kw: object) -> ClientConfig:
-    return ClientConfig(servers=cluster.servers, data_dir=home, timeout_s=5.0, **kw)  # type: ignore[arg-type]
+    return ClientConfig(servers=cluster.servers, data_dir=home, timeout_s=PUSH_WAIT_S, **kw)  # type: ignore[arg-type]
 
 
 def test_subscribe_yields_each_message_once_from_every_replica(
@@ -125,7 +126,8 @@ def test_watch_prints_a_message_once_while_a_replica_restarts(
         victim.kill()
         _wait_for_note(notes, "following 2 of 3")
         sender_home = tmp_path / "sender"
-        with Messenger(ClientConfig(servers=cluster.servers, data_dir=sender_home, timeout_s=3.0)) as m:
+        # a deadline no live replica reaches on a loaded machine; the killed one is refused at once
+        with Messenger(ClientConfig(servers=cluster.servers, data_dir=sender_home, timeout_s=PUSH_WAIT_S)) as m:
             report = m.send(sender="ann@example.org", recipient=mailbox, body="sent while one was down", settle=True)
             assert report.acknowledged == 2
             victim.start()  # same port and data directory
@@ -153,8 +155,51 @@ def test_watch_prints_a_message_once_while_a_replica_restarts(
     assert [x["key"] for x in rest] == [], "a message was printed twice"
 
 
-def _wait_for_note(notes: queue.Queue[str], text: str) -> None:
-    deadline = time.monotonic() + PUSH_WAIT_S
+def test_watch_shows_what_its_homes_outbox_still_owes_until_delivered(
+    replica_factory: ReplicaFactory, client_home: Path
+) -> None:
+    """A send made with a replica down leaves a delivery owed; `watch` on that home says so, then delivers it."""
+    cluster = replica_factory.cluster(2)
+    down = cluster.replicas[1]
+    down.kill()
+    with Messenger(ClientConfig(servers=cluster.servers, data_dir=client_home, timeout_s=PUSH_WAIT_S)) as m:
+        report = m.send(sender="ann@example.org", recipient="carol@example.org", body="owed", settle=True)
+        assert m.outbox_owed() == (1, 0)
+    env = {**os.environ, "MESSENGER_SERVERS": ",".join(cluster.servers), "MESSENGER_HOME": str(client_home)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "grpc_messenger", "watch", "watcher@example.org"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    notes: queue.Queue[str] = queue.Queue(maxsize=1000)
+
+    def pump() -> None:
+        for line in watcher.stderr:  # type: ignore[union-attr]
+            notes.put(line, timeout=PUSH_WAIT_S)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        _wait_for_note(notes, "following 1 of 2 replicas; down: " + down.address + "; outbox owes 1 delivery")
+        down.start()  # the watcher's own outbox loop hands it its copy (after a backoff of up to a minute)
+        _wait_for_note(notes, "following 2 of 2 replicas\n", timeout_s=PUSH_WAIT_S + BACKOFF_CAP_S)
+    finally:
+        if watcher.poll() is None:
+            watcher.send_signal(signal.SIGINT)
+        try:
+            watcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait(timeout=10)
+        thread.join(timeout=5)
+    assert queued_keys(down.address, "carol@example.org") == {report.key}
+
+
+def _wait_for_note(notes: queue.Queue[str], text: str, *, timeout_s: float = PUSH_WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     seen: list[str] = []
     while time.monotonic() < deadline:
         try:

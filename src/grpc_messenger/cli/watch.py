@@ -42,7 +42,8 @@ def watch(g: _Settings, address: str, as_json: bool, count: int | None) -> None:
 
     Messages are kept in the local inbox and acked, as `messenger inbox` does; a
     replica that goes away is followed again when it comes back. Which replicas
-    are followed is reported on standard error.
+    are followed, and how many deliveries this home's outbox still owes (sent
+    earlier, retried meanwhile), is reported on standard error.
     """
     validate_address(address, what="mailbox address")
     out = Console(highlight=False, soft_wrap=True)
@@ -65,7 +66,7 @@ async def _watch(
                 async with asyncio.timeout(_STATE_POLL_S):
                     message = await anext(subscription)
             except TimeoutError:
-                last_line = _report_streams(err, subscription, last_line)
+                last_line = await _report_state(err, messenger, subscription, last_line)
                 continue
             except StopAsyncIteration:
                 return
@@ -74,23 +75,33 @@ async def _watch(
             else:
                 out.print(_line(message))
             shown += 1
-            last_line = _report_streams(err, subscription, last_line)
+            last_line = await _report_state(err, messenger, subscription, last_line)
 
 
-def _report_streams(err: Console, subscription: Subscription, last_line: str) -> str:
-    """Print which replicas are followed whenever that changes; return the line now in force."""
-    line = _streams_line(subscription.states())
+async def _report_state(err: Console, messenger: AsyncMessenger, subscription: Subscription, last_line: str) -> str:
+    """Print the followed replicas and the outbox's depth whenever they change; return the line now in force."""
+    owed, expired = await messenger.outbox_owed()
+    line = status_line(subscription.states(), owed=owed, expired=expired)
     if line != last_line:
         err.print(f"[dim]{escape(line)}[/]")
     return line
 
 
-def _streams_line(states: list[StreamState]) -> str:
+def status_line(states: list[StreamState], *, owed: int, expired: int) -> str:
+    """The line on standard error: "following 2 of 3 replicas; down: HOST:PORT; outbox owes 4 deliveries".
+
+    Each part after the first only when it applies; the outbox parts say what this
+    home's earlier sends still owe replicas that missed them, and what expired.
+    """
     up = [s for s in states if s.connected]
     line = f"following {len(up)} of {len(states)} replicas"
     down = [s for s in states if not s.connected and s.error]
     if down:
         line += "; down: " + ", ".join(s.replica for s in down)
+    if owed:
+        line += f"; outbox owes {owed} {'delivery' if owed == 1 else 'deliveries'}"
+    if expired:
+        line += f"; {expired} expired (see messenger outbox)"
     return line
 
 
