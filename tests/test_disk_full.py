@@ -111,8 +111,8 @@ def test_full_disk_refuses_writes_clearly_serves_reads_and_recovers(tmp_path: Pa
             serving = health_pb2.HealthCheckResponse.SERVING
             assert health(channel, "") == serving
             assert health(channel, SERVICE_NAME) == serving
-            wait_until(lambda: health(channel, WRITES_HEALTH_NAME) != serving, timeout_s=20)
-            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 1.0, timeout_s=20)
+            wait_until(lambda: health(channel, WRITES_HEALTH_NAME) != serving, timeout_s=60)
+            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 1.0, timeout_s=60)
             # an ack needs room for its tombstone: done where it fits, refused clearly where not
             first = sorted(acked)[:1]
             with contextlib.suppress(grpc.RpcError):
@@ -124,8 +124,8 @@ def test_full_disk_refuses_writes_clearly_serves_reads_and_recovers(tmp_path: Pa
             key, error = send_one(stub)
             assert error is None, error
             acked.add(key)
-            wait_until(lambda: health(channel, WRITES_HEALTH_NAME) == serving, timeout_s=20)
-            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 0.0, timeout_s=20)
+            wait_until(lambda: health(channel, WRITES_HEALTH_NAME) == serving, timeout_s=60)
+            wait_until(lambda: scrape(ready.metrics_address).get("messenger_store_disk_full") == 0.0, timeout_s=60)
             assert acked <= queued_keys(replica.address, BOB)
 
         # the file is whole: SQLite's own check, read-only, in the replica's mount namespace while it runs

@@ -35,7 +35,7 @@ def test_metrics_count_rpcs_outcomes_and_store_sizes(replica_factory: ReplicaFac
         stub.SendBatch(pb.SendBatchRequest(messages=[good, good, pb.SendRequest(msg="", key=new_key())]), timeout=10)
         with contextlib.suppress(grpc.RpcError):  # refused: counted as INVALID_ARGUMENT
             stub.Send(pb.SendRequest(msg="", self_email="a@example.org", dest_email="b@example.org"), timeout=10)
-    wait_until(lambda: scrape(metrics).get("messenger_store_messages") == 1.0, timeout_s=20)
+    wait_until(lambda: scrape(metrics).get("messenger_store_messages") == 1.0, timeout_s=60)
     samples = scrape(metrics)
     assert samples['messenger_messages_total{outcome="stored"}'] == 1
     assert samples['messenger_messages_total{outcome="already_stored"}'] == 1
