@@ -25,11 +25,15 @@ from grpc_messenger.client.sync import Messenger
 from grpc_messenger.config import ClientConfig
 from grpc_messenger.errors import PermissionDenied
 from grpc_messenger.model import Message, build_message, new_key
+from grpc_messenger.server.subscriptions import HEARTBEAT_S
 from grpc_messenger.tui.session import SignIn, library_opener
 from tests.conftest import Cluster, ReplicaFactory, queued_keys, wait_until
 from tests.security_support import make_keys, stub_for
 
-PUSH_WAIT_S = 30.0  # a wait for a push: it returns as soon as the message is there
+# a wait for a push returns as soon as the message is there; its bound stays under the replicas'
+# heartbeat, at which a stream re-reads the store anyway: a bound past it could not tell a lost
+# push from that re-read (test_subscribe tells them apart for certain, by the next page's content)
+PUSH_WAIT_S = 0.8 * HEARTBEAT_S
 FAST = SubscribeOptions(backoff_initial_s=0.05, backoff_max_s=0.5)
 
 

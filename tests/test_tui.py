@@ -12,6 +12,7 @@ from textual.pilot import Pilot
 
 from grpc_messenger.config import ClientConfig
 from grpc_messenger.model import Message, ReplicaOutcome, ReplicaState, SendReport
+from grpc_messenger.server.subscriptions import HEARTBEAT_S
 from grpc_messenger.tui.app import MessengerApp
 from grpc_messenger.tui.conversations import Conversations
 from grpc_messenger.tui.format import message_card, send_outcome
@@ -28,6 +29,7 @@ SIZE = (120, 32)
 # a wait for something on screen returns as soon as it shows; the bound is for a loaded machine
 WAIT_S = 60.0
 RUN_S = 100.0  # one whole app run, inside pytest's own timeout
+PUSH_S = 0.8 * HEARTBEAT_S  # under the replicas' heartbeat, at which a stream re-reads the store anyway
 
 
 async def wait_for(pilot: Pilot[None], condition: object, *, timeout_s: float = WAIT_S) -> float:
@@ -79,8 +81,9 @@ def test_two_apps_talk_live_and_the_panel_shows_a_killed_replica(
             await wait_for(pb, lambda: all(s.connected for s in bob_screen.session.streams()))
             await pa.press("n", *"bob@example.org", "tab", *"hello bob", "enter", *"second line", "ctrl+s")
             await wait_for(pa, lambda: "last send: stored on 3/3" in status_text(ann_screen))
-            await wait_for(pb, lambda: bob_screen.conversations.get("ann@example.org") is not None)
-            # pushed: Bob's app read its history once, at sign-in (before Ann wrote), and was asked nothing since
+            # pushed: shown within less than a heartbeat, and Bob's app read its history once, at
+            # sign-in (before Ann wrote), and was asked nothing since
+            await wait_for(pb, lambda: bob_screen.conversations.get("ann@example.org") is not None, timeout_s=PUSH_S)
             assert history_reads.count("bob@example.org") == 1
             entry = bob_screen.query_one(MessageList).in_view()
             assert entry is not None
