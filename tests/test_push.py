@@ -144,15 +144,7 @@ def test_watch_prints_a_message_once_while_a_replica_restarts(
         wait_until(lambda: all(not queued_keys(a, mailbox) for a in cluster.servers), timeout_s=PUSH_WAIT_S)
         _wait_for_note(notes, "following 3 of 3")
     finally:
-        if watcher.poll() is None:
-            watcher.send_signal(signal.SIGINT)
-        try:
-            watcher.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            watcher.wait(timeout=10)
-        for thread in pumps:
-            thread.join(timeout=5)
+        _stop_watching(watcher, pumps)
     rest = []
     while not lines.empty():
         rest.append(json.loads(lines.get_nowait()))
@@ -191,15 +183,21 @@ def test_watch_shows_what_its_homes_outbox_still_owes_until_delivered(
         down.start()  # the watcher's own outbox loop hands it its copy (after a backoff of up to a minute)
         _wait_for_note(notes, "following 2 of 2 replicas\n", timeout_s=PUSH_WAIT_S + BACKOFF_CAP_S)
     finally:
-        if watcher.poll() is None:
-            watcher.send_signal(signal.SIGINT)
-        try:
-            watcher.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            watcher.wait(timeout=10)
-        thread.join(timeout=5)
+        _stop_watching(watcher, [thread])
     assert queued_keys(down.address, "carol@example.org") == {report.key}
+
+
+def _stop_watching(watcher: subprocess.Popen[str], pumps: list[threading.Thread]) -> None:
+    """Ctrl-C, as a person stops it (a kill if it does not stop), then the threads reading its output."""
+    if watcher.poll() is None:
+        watcher.send_signal(signal.SIGINT)
+    try:
+        watcher.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        watcher.kill()
+        watcher.wait(timeout=10)
+    for thread in pumps:
+        thread.join(timeout=5)
 
 
 def _wait_for_note(notes: queue.Queue[str], text: str, *, timeout_s: float = PUSH_WAIT_S) -> None:
