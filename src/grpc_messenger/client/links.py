@@ -25,9 +25,11 @@ _SEND_BATCH_METHOD = "/messenger.MessengerService/SendBatch"
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-    # a replica that comes back is used again within about a second
+    # a replica that comes back is used again within about a second. Not
+    # grpc.min_reconnect_backoff_ms: gRPC takes it as the connect timeout too, and at
+    # 200 ms a replica whose handshake is slower (a loaded host, a long round trip) was
+    # never reached at all; left at its default, a handshake may take up to 20 s
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
     # a connection that went silent (a cut without a reset) is noticed in ~15 s, not
     # after minutes of TCP retries; replicas allow these pings (server/replica.py)
