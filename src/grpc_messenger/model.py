@@ -277,6 +277,7 @@ class ReplicaStatus:
     mailboxes: int = 0
     tombstones: int = 0
     state_digest: int = 0
+    rebuilding: bool = False  # started on an empty store, not yet repaired from every peer
     latency_ms: float = 0.0
     failure: Failure | None = None
 

@@ -246,6 +246,7 @@ def replica_status(info: pb.InfoResponse, *, address: str, serving: bool, latenc
         mailboxes=info.mailboxes,
         tombstones=info.tombstones,
         state_digest=info.state_digest,
+        rebuilding=info.rebuilding,
         latency_ms=latency_ms,
     )
 
@@ -388,7 +389,15 @@ def ack_response(deleted: int) -> pb.AckResponse:
 
 
 def info_response(
-    *, replica_id: str, version: str, store: str, messages: int, mailboxes: int, tombstones: int, state_digest: int
+    *,
+    replica_id: str,
+    version: str,
+    store: str,
+    messages: int,
+    mailboxes: int,
+    tombstones: int,
+    state_digest: int,
+    rebuilding: bool,
 ) -> pb.InfoResponse:
     """An Info answer: who the replica is and how full."""
     return pb.InfoResponse(
@@ -399,6 +408,7 @@ def info_response(
         mailboxes=mailboxes,
         tombstones=tombstones,
         state_digest=state_digest,
+        rebuilding=rebuilding,
     )
 
 

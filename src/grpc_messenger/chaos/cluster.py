@@ -20,12 +20,17 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from grpc_messenger import wire
 from grpc_messenger.chaos.proxy import FaultProxy
 from grpc_messenger.launch import LaunchError, ServeProcess
+from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0
+INFO_TIMEOUT_S = 2.0
 STORE_FILE = "replica.sqlite3"  # what server/replica.py names it; the chaos harness never imports the server
 GRACE_S = 2.0  # the drain a stopped replica gets: short, chaos stops replicas often
 
@@ -143,6 +148,17 @@ def damage_file(path: Path, rng: random.Random, *, how: str) -> DiskDamage:
     return DiskDamage(how="flip", file_bytes=size, offset=start, count=len(data))
 
 
+async def _rebuilt(replica: ChaosReplica) -> bool:
+    if not replica.alive:
+        return False
+    try:
+        async with grpc.aio.insecure_channel(replica.address) as channel:
+            info = await pb_grpc.MessengerServiceStub(channel).Info(wire.info_request(), timeout=INFO_TIMEOUT_S)
+    except grpc.RpcError:
+        return False
+    return not info.rebuilding
+
+
 @dataclass(slots=True)
 class ChaosCluster:
     """Replicas, their proxies, and the repair settings they run with."""
@@ -214,6 +230,14 @@ class ChaosCluster:
             self.reader_proxies[i],
             *(p for (src, dst), p in self.peer_proxies.items() if dst == i),
         ]
+
+    async def rebuilding(self) -> list[str]:
+        """Replicas not known to hold what their peers hold: rebuilding, down, or not answering Info.
+
+        Asked on each replica's own port, past the proxies, so a cut link does not hide the answer.
+        """
+        rebuilt = await asyncio.gather(*map(_rebuilt, self.replicas))
+        return [r.name for r, ok in zip(self.replicas, rebuilt, strict=True) if not ok]
 
     def heal_network(self) -> None:
         """Every proxy back to PASS."""

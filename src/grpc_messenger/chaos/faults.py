@@ -6,9 +6,12 @@ time: start it at its planned offset, hold it, end it (heal the link, restart
 the replica), then wait for the next.
 
 The fault model is the contract's: any number of kills, cuts, delays and lost
-responses; data loss (lost disk, damaged file) on at most one replica per
-`data_loss_gap_s`, so that with repair on the damaged replica has rebuilt from
-its peers before another may lose its data. With W=1 a message may live on one
+responses; data loss (lost disk, damaged file) on one replica at a time: the
+schedule plans one per `data_loss_gap_s` at most, and the nemesis holds the next
+one back until no replica reports itself rebuilding (Info), so a replica has
+copied its peers' messages before another may lose its data. (The hour-long run
+showed why a fixed gap is not enough: under load a rebuild took up to a minute,
+and three disks lost within it lost the messages they held.) With W=1 a message may live on one
 replica and the sender's outbox only; losing that replica's disk is covered by
 the outbox (the `isolate_wipe` fault is exactly that case).
 """
@@ -193,6 +196,10 @@ def _weighted(rng: random.Random, menu: Sequence[FaultKind]) -> FaultKind:
     return rng.choices(list(menu), weights=weights)[0]
 
 
+REBUILD_WAIT_MAX_S = 300.0
+REBUILD_POLL_S = 0.5
+
+
 class Nemesis:
     """Applies a schedule to a cluster, one fault at a time, recording each in the history."""
 
@@ -205,8 +212,10 @@ class Nemesis:
         emit: Callable[[str], None],
         describe_state: Callable[[], str],
         senders: Sequence[SenderProcess] = (),
+        rebuild_wait: bool = True,
     ) -> None:
         self._cluster = cluster
+        self._rebuild_wait = rebuild_wait
         self._senders = senders
         self._history = history
         self._rng = rng  # for damage details only; the schedule is planned up front
@@ -214,6 +223,9 @@ class Nemesis:
         self._describe_state = describe_state
         self.injected = 0
         self.start_failures = 0
+        self.rebuild_wait_s = 0.0  # time data-loss faults were held back for a rebuild, in all
+        self.rebuild_wait_timeouts = 0  # data-loss faults injected while a replica was still rebuilding
+        self._lag_s = 0.0  # the schedule moves later by every wait, so its gaps stay as planned
 
     @property
     def names(self) -> list[str]:
@@ -223,7 +235,7 @@ class Nemesis:
     async def run(self, schedule: Sequence[Fault], *, started_at: float, stop: asyncio.Event) -> None:
         """Carry out `schedule` (offsets from `started_at`, a monotonic time) until it ends or `stop` is set."""
         for fault in schedule:
-            delay_s = started_at + fault.at_s - time.monotonic()
+            delay_s = started_at + self._lag_s + fault.at_s - time.monotonic()
             if delay_s > 0:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=delay_s)
@@ -232,7 +244,34 @@ class Nemesis:
                     pass
             if stop.is_set():
                 return
+            if fault.kind.loses_data and self._rebuild_wait and self._cluster.repair:
+                await self._wait_for_rebuilds(stop)
+                if stop.is_set():
+                    return
             await self.apply(fault, stop=stop)
+
+    async def _wait_for_rebuilds(self, stop: asyncio.Event) -> None:
+        """Hold a data-loss fault back until every replica has rebuilt from its peers (bounded)."""
+        started = time.monotonic()
+        rebuilding = await self._cluster.rebuilding()
+        while rebuilding and time.monotonic() - started < REBUILD_WAIT_MAX_S:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=REBUILD_POLL_S)
+            if stop.is_set():
+                break
+            rebuilding = await self._cluster.rebuilding()
+        waited_s = time.monotonic() - started
+        self.rebuild_wait_s += waited_s
+        self._lag_s += waited_s
+        if rebuilding and not stop.is_set():
+            self.rebuild_wait_timeouts += 1
+            self._history.record("rebuild_wait_timeout", replicas=rebuilding, waited_s=round(waited_s, 2))
+            self._emit(
+                f"WARNING data loss next while {', '.join(rebuilding)} still rebuilding (waited {waited_s:.0f} s)"
+            )
+        elif waited_s >= 1.0:
+            self._history.record("rebuild_wait", waited_s=round(waited_s, 2))
+            self._emit(f"waited {waited_s:.1f} s for the replicas to rebuild before the next data loss")
 
     async def apply(self, fault: Fault, *, stop: asyncio.Event) -> None:
         """Start a fault, hold it (cut short by `stop`), end it."""

@@ -3,7 +3,7 @@
 Event types (all carry `t`, seconds since the run started, and `type`):
 
 - invoke   {process, key, mailbox, body}   a send is about to be made
-- ok       {process, key, acked}           send() reported success
+- ok       {process, key, acked, by}       send() reported success; `by` names the replicas that held it ("13": r1, r3)
 - fail     {process, key, error}           send() raised QuorumNotReached (may still arrive later)
 - info     {process, key, error}           any other outcome (unknown whether stored)
 - deliver  {process, mailbox, key, body}   a reader was shown this message
@@ -14,6 +14,8 @@ Event types (all carry `t`, seconds since the run started, and `type`):
 - resources {processes: {name: {pid, rss_kib, fds, threads}}}   sampled every few seconds
 - sender_killed {process, incarnation, moment}   a sender process got SIGKILL (its sends in flight are in doubt)
 - sender_started {process, incarnation, pid, outbox_owed}   a sender process (re)started on its old home
+- rebuild_wait {waited_s}   a data-loss fault was held back until no replica was rebuilding
+- rebuild_wait_timeout {replicas, waited_s}   ... and the wait's bound passed (the loss is outside the model)
 
 A sender running as its own process writes its own file with the same clock
 base (CLOCK_MONOTONIC is shared by every process of the host); the runner

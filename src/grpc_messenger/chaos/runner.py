@@ -76,6 +76,7 @@ class ChaosConfig:
     inbox_dedup: bool = True
     repair_interval_s: float = 1.0
     data_loss_gap_s: float = 10.0
+    rebuild_wait: bool = True  # hold each data-loss fault back until no replica is rebuilding
     settle_max_s: float = 60.0
     sample_interval_s: float = TICK_S  # RSS, fds and threads of every process into the history
     sender_processes: bool = False  # senders in their own processes (killable with SIGKILL, restarted)
@@ -110,6 +111,8 @@ class ChaosResult:
     replicas_down_end: int
     replica_start_failures: int
     history_lines: int
+    rebuild_wait_s: float = 0.0  # data-loss faults held back until every replica had rebuilt, in all
+    data_loss_while_rebuilding: int = 0  # data-loss faults injected after the wait for a rebuild timed out
     resources: tuple[Trend, ...] = ()
 
     @property
@@ -136,12 +139,15 @@ class ChaosResult:
                 "outbox": self.config.outbox,
                 "repair": self.config.repair,
                 "inbox_dedup": self.config.inbox_dedup,
+                "rebuild_wait": self.config.rebuild_wait,
             },
             "messages_per_s": round(self.messages_per_s, 1),
             "outbox_owed_end": self.outbox_owed_end,
             "replicas_down_end": self.replicas_down_end,
             "replica_start_failures": self.replica_start_failures,
             "history_lines": self.history_lines,
+            "rebuild_wait_s": round(self.rebuild_wait_s, 1),
+            "data_loss_while_rebuilding": self.data_loss_while_rebuilding,
             "resources": [t.to_dict() for t in self.resources],
             "resources_growing": [f"{t.process}.{t.figure}" for t in self.growing],
         }
@@ -212,6 +218,7 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
                 emit=say,
                 describe_state=lambda: _state_line(cluster, history, processes),
                 senders=processes,
+                rebuild_wait=config.rebuild_wait,
             )
             started = time.monotonic()
             await _run_workload(
@@ -261,6 +268,8 @@ async def run_chaos(config: ChaosConfig, *, emit: Callable[[str], None] = print)
         replicas_down_end=down,
         replica_start_failures=nemesis.start_failures,
         history_lines=len(events),
+        rebuild_wait_s=nemesis.rebuild_wait_s,
+        data_loss_while_rebuilding=nemesis.rebuild_wait_timeouts,
         resources=tuple(trends(events)),
     )
 

@@ -114,7 +114,10 @@ class Sender:
             self._history.record("info", process=self.name, key=key, error=f"{type(exc).__name__}: {exc}"[:200])
             log.warning("event=chaos.send_crashed key=%s error=%r", key, exc)
         else:
-            self._history.record("ok", process=self.name, key=key, acked=report.acknowledged)
+            # which replicas (r1.. in the configured order) held it when send() returned: a loss
+            # can then be traced to the disks those replicas lost afterwards
+            by = "".join(str(i + 1) for i, r in enumerate(report.replicas) if r.state.acknowledged)
+            self._history.record("ok", process=self.name, key=key, acked=report.acknowledged, by=by)
         finally:
             slots.release()
 

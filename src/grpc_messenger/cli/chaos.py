@@ -115,6 +115,11 @@ from grpc_messenger.chaos.runner import report_json
 @click.option("--no-repair", is_flag=True, help="Replicas without peers (no anti-entropy).")
 @click.option("--no-inbox-dedup", is_flag=True, help="Readers Fetch+Ack without the local inbox.")
 @click.option(
+    "--no-rebuild-wait",
+    is_flag=True,
+    help="Lose the next disk without waiting for the last rebuild (outside the fault model: it can lose messages).",
+)
+@click.option(
     "--history",
     "history_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -145,6 +150,7 @@ def chaos_command(
     no_outbox: bool,
     no_repair: bool,
     no_inbox_dedup: bool,
+    no_rebuild_wait: bool,
     history_path: Path | None,
     work_dir: Path | None,
 ) -> None:
@@ -178,6 +184,7 @@ def chaos_command(
         outbox=not no_outbox,
         repair=not no_repair,
         inbox_dedup=not no_inbox_dedup,
+        rebuild_wait=not no_rebuild_wait,
         history_path=history_path,
         work_dir=work_dir,
     )
@@ -218,6 +225,10 @@ def replay_command(config: ChaosConfig) -> str:
         parts.append(f"--in-flight {config.in_flight_max}")
     if config.data_loss_gap_s != default.data_loss_gap_s:
         parts.append(f"--data-loss-gap {config.data_loss_gap_s:g}")
+    if config.repair_interval_s != default.repair_interval_s:
+        parts.append(f"--repair-interval {config.repair_interval_s:g}")
+    if not config.rebuild_wait:
+        parts.append("--no-rebuild-wait")
     if config.sender_processes:
         parts.append("--sender-processes")
     if config.senders != default.senders:
@@ -250,6 +261,10 @@ def print_report(result: ChaosResult) -> None:
     click.echo(f"  phantom         {r.phantom}   {' '.join(r.phantom_sample)}")
     click.echo(f"  under_replicated {r.under_replicated}")
     click.echo(f"  faults          {r.faults}   replica start failures {result.replica_start_failures}")
+    click.echo(
+        f"  rebuild waits   {result.rebuild_wait_s:.0f} s before data-loss faults; "
+        f"data loss while a replica was rebuilding: {result.data_loss_while_rebuilding}"
+    )
     settle = f"{r.settle_s} s" if r.settle_s is not None else f"NOT within {result.config.settle_max_s:g} s"
     click.echo(f"  settle_s        {settle}   outbox owed at end {result.outbox_owed_end}")
     click.echo(f"  read failures   {r.read_failures}   replicas down at end {result.replicas_down_end}")

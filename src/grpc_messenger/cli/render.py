@@ -152,10 +152,11 @@ def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
         if not s.reachable:
             table.add_row(s.address, "[red]no[/]", "[red]unreachable[/]", "-", "-", "-", "-")
             continue
+        health = "[green]serving[/]" if s.serving else "[red]not serving[/]"
         table.add_row(
             s.address,
             "[green]yes[/]",
-            "[green]serving[/]" if s.serving else "[red]not serving[/]",
+            f"{health}, [yellow]rebuilding[/]" if s.rebuilding else health,
             s.store,
             str(s.messages),
             str(s.mailboxes),
@@ -168,6 +169,11 @@ def print_status(console: Console, statuses: list[ReplicaStatus]) -> None:
     for s in statuses:
         if s.error:
             console.print(f"[red]{s.address}[/]: {shown(s.error)}")
+        if s.rebuilding:
+            console.print(
+                f"[yellow]{s.address}[/]: rebuilding: it started on an empty store and is still copying from its"
+                " peers; until it is done, do not take down another replica's disk"
+            )
 
 
 def agreement_line(reachable: list[ReplicaStatus], digests: set[int]) -> str:

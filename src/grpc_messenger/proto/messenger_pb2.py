@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$grpc_messenger/proto/messenger.proto\x12\tmessenger\"t\n\x0bSendRequest\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x12\n\nself_email\x18\x03 \x01(\t\x12\x12\n\ndest_email\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\"l\n\x0cSendResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x15\n\rdebug_message\x18\x02 \x01(\t\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.messenger.SendOutcome\x12\x0b\n\x03key\x18\x04 \x01(\t\"$\n\x0eReceiveRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\"9\n\rInboxResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\"<\n\x10SendBatchRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\"Q\n\nSendResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.messenger.SendOutcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\";\n\x11SendBatchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.messenger.SendResult\"D\n\x0c\x46\x65tchRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"_\n\rFetchResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x03\x12\x0c\n\x04more\x18\x03 \x01(\x08\".\n\nAckRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"\x1e\n\x0b\x41\x63kResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"9\n\x10SubscribeRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\r\n\x0bInfoRequest\"\x91\x01\n\x0cInfoResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05store\x18\x03 \x01(\t\x12\x10\n\x08messages\x18\x04 \x01(\x03\x12\x11\n\tmailboxes\x18\x05 \x01(\x03\x12\x12\n\ntombstones\x18\x06 \x01(\x03\x12\x14\n\x0cstate_digest\x18\x07 \x01(\x03\"6\n\x0e\x44igestsRequest\x12\x15\n\rafter_mailbox\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"V\n\rMailboxDigest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x03\x12\x10\n\x08messages\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\"L\n\x0f\x44igestsResponse\x12+\n\tmailboxes\x18\x01 \x03(\x0b\x32\x18.messenger.MailboxDigest\x12\x0c\n\x04more\x18\x02 \x01(\x08\"G\n\x12MailboxKeysRequest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x11\n\tafter_key\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"C\n\x08KeyState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65leted_unix_ms\x18\x03 \x01(\x03\"F\n\x13MailboxKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.messenger.KeyState\x12\x0c\n\x04more\x18\x02 \x01(\x08\",\n\x0bPullRequest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"8\n\x0cPullResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest*\xbc\x01\n\x0bSendOutcome\x12\x1c\n\x18SEND_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13SEND_OUTCOME_STORED\x10\x01\x12\x1f\n\x1bSEND_OUTCOME_ALREADY_STORED\x10\x02\x12\x19\n\x15SEND_OUTCOME_CONFLICT\x10\x03\x12\x19\n\x15SEND_OUTCOME_REJECTED\x10\x04\x12\x1f\n\x1bSEND_OUTCOME_QUOTA_EXCEEDED\x10\x05\x32\xc7\x03\n\x10MessengerService\x12\x37\n\x04Send\x12\x16.messenger.SendRequest\x1a\x17.messenger.SendResponse\x12\x41\n\nReceiveAll\x12\x19.messenger.ReceiveRequest\x1a\x18.messenger.InboxResponse\x12\x46\n\tSendBatch\x12\x1b.messenger.SendBatchRequest\x1a\x1c.messenger.SendBatchResponse\x12:\n\x05\x46\x65tch\x12\x17.messenger.FetchRequest\x1a\x18.messenger.FetchResponse\x12\x34\n\x03\x41\x63k\x12\x15.messenger.AckRequest\x1a\x16.messenger.AckResponse\x12\x37\n\x04Info\x12\x16.messenger.InfoRequest\x1a\x17.messenger.InfoResponse\x12\x44\n\tSubscribe\x12\x1b.messenger.SubscribeRequest\x1a\x18.messenger.FetchResponse0\x01\x32\xd9\x01\n\x0eReplicaService\x12@\n\x07\x44igests\x12\x19.messenger.DigestsRequest\x1a\x1a.messenger.DigestsResponse\x12L\n\x0bMailboxKeys\x12\x1d.messenger.MailboxKeysRequest\x1a\x1e.messenger.MailboxKeysResponse\x12\x37\n\x04Pull\x12\x16.messenger.PullRequest\x1a\x17.messenger.PullResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$grpc_messenger/proto/messenger.proto\x12\tmessenger\"t\n\x0bSendRequest\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x12\n\nself_email\x18\x03 \x01(\t\x12\x12\n\ndest_email\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\"l\n\x0cSendResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x15\n\rdebug_message\x18\x02 \x01(\t\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.messenger.SendOutcome\x12\x0b\n\x03key\x18\x04 \x01(\t\"$\n\x0eReceiveRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\"9\n\rInboxResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\"<\n\x10SendBatchRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\"Q\n\nSendResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.messenger.SendOutcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\";\n\x11SendBatchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.messenger.SendResult\"D\n\x0c\x46\x65tchRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"_\n\rFetchResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x03\x12\x0c\n\x04more\x18\x03 \x01(\x08\".\n\nAckRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"\x1e\n\x0b\x41\x63kResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"9\n\x10SubscribeRequest\x12\x12\n\nself_email\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\r\n\x0bInfoRequest\"\xa5\x01\n\x0cInfoResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05store\x18\x03 \x01(\t\x12\x10\n\x08messages\x18\x04 \x01(\x03\x12\x11\n\tmailboxes\x18\x05 \x01(\x03\x12\x12\n\ntombstones\x18\x06 \x01(\x03\x12\x14\n\x0cstate_digest\x18\x07 \x01(\x03\x12\x12\n\nrebuilding\x18\x08 \x01(\x08\"6\n\x0e\x44igestsRequest\x12\x15\n\rafter_mailbox\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"V\n\rMailboxDigest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x03\x12\x10\n\x08messages\x18\x03 \x01(\x03\x12\x12\n\ntombstones\x18\x04 \x01(\x03\"L\n\x0f\x44igestsResponse\x12+\n\tmailboxes\x18\x01 \x03(\x0b\x32\x18.messenger.MailboxDigest\x12\x0c\n\x04more\x18\x02 \x01(\x08\"G\n\x12MailboxKeysRequest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x11\n\tafter_key\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"C\n\x08KeyState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65leted_unix_ms\x18\x03 \x01(\x03\"F\n\x13MailboxKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.messenger.KeyState\x12\x0c\n\x04more\x18\x02 \x01(\x08\",\n\x0bPullRequest\x12\x0f\n\x07mailbox\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"8\n\x0cPullResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.messenger.SendRequest*\xbc\x01\n\x0bSendOutcome\x12\x1c\n\x18SEND_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13SEND_OUTCOME_STORED\x10\x01\x12\x1f\n\x1bSEND_OUTCOME_ALREADY_STORED\x10\x02\x12\x19\n\x15SEND_OUTCOME_CONFLICT\x10\x03\x12\x19\n\x15SEND_OUTCOME_REJECTED\x10\x04\x12\x1f\n\x1bSEND_OUTCOME_QUOTA_EXCEEDED\x10\x05\x32\xc7\x03\n\x10MessengerService\x12\x37\n\x04Send\x12\x16.messenger.SendRequest\x1a\x17.messenger.SendResponse\x12\x41\n\nReceiveAll\x12\x19.messenger.ReceiveRequest\x1a\x18.messenger.InboxResponse\x12\x46\n\tSendBatch\x12\x1b.messenger.SendBatchRequest\x1a\x1c.messenger.SendBatchResponse\x12:\n\x05\x46\x65tch\x12\x17.messenger.FetchRequest\x1a\x18.messenger.FetchResponse\x12\x34\n\x03\x41\x63k\x12\x15.messenger.AckRequest\x1a\x16.messenger.AckResponse\x12\x37\n\x04Info\x12\x16.messenger.InfoRequest\x1a\x17.messenger.InfoResponse\x12\x44\n\tSubscribe\x12\x1b.messenger.SubscribeRequest\x1a\x18.messenger.FetchResponse0\x01\x32\xd9\x01\n\x0eReplicaService\x12@\n\x07\x44igests\x12\x19.messenger.DigestsRequest\x1a\x1a.messenger.DigestsResponse\x12L\n\x0bMailboxKeys\x12\x1d.messenger.MailboxKeysRequest\x1a\x1e.messenger.MailboxKeysResponse\x12\x37\n\x04Pull\x12\x16.messenger.PullRequest\x1a\x17.messenger.PullResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpc_messenger.proto.messenger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENDOUTCOME']._serialized_start=1592
-  _globals['_SENDOUTCOME']._serialized_end=1780
+  _globals['_SENDOUTCOME']._serialized_start=1612
+  _globals['_SENDOUTCOME']._serialized_end=1800
   _globals['_SENDREQUEST']._serialized_start=51
   _globals['_SENDREQUEST']._serialized_end=167
   _globals['_SENDRESPONSE']._serialized_start=169
@@ -60,25 +60,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=888
   _globals['_INFOREQUEST']._serialized_end=901
   _globals['_INFORESPONSE']._serialized_start=904
-  _globals['_INFORESPONSE']._serialized_end=1049
-  _globals['_DIGESTSREQUEST']._serialized_start=1051
-  _globals['_DIGESTSREQUEST']._serialized_end=1105
-  _globals['_MAILBOXDIGEST']._serialized_start=1107
-  _globals['_MAILBOXDIGEST']._serialized_end=1193
-  _globals['_DIGESTSRESPONSE']._serialized_start=1195
-  _globals['_DIGESTSRESPONSE']._serialized_end=1271
-  _globals['_MAILBOXKEYSREQUEST']._serialized_start=1273
-  _globals['_MAILBOXKEYSREQUEST']._serialized_end=1344
-  _globals['_KEYSTATE']._serialized_start=1346
-  _globals['_KEYSTATE']._serialized_end=1413
-  _globals['_MAILBOXKEYSRESPONSE']._serialized_start=1415
-  _globals['_MAILBOXKEYSRESPONSE']._serialized_end=1485
-  _globals['_PULLREQUEST']._serialized_start=1487
-  _globals['_PULLREQUEST']._serialized_end=1531
-  _globals['_PULLRESPONSE']._serialized_start=1533
-  _globals['_PULLRESPONSE']._serialized_end=1589
-  _globals['_MESSENGERSERVICE']._serialized_start=1783
-  _globals['_MESSENGERSERVICE']._serialized_end=2238
-  _globals['_REPLICASERVICE']._serialized_start=2241
-  _globals['_REPLICASERVICE']._serialized_end=2458
+  _globals['_INFORESPONSE']._serialized_end=1069
+  _globals['_DIGESTSREQUEST']._serialized_start=1071
+  _globals['_DIGESTSREQUEST']._serialized_end=1125
+  _globals['_MAILBOXDIGEST']._serialized_start=1127
+  _globals['_MAILBOXDIGEST']._serialized_end=1213
+  _globals['_DIGESTSRESPONSE']._serialized_start=1215
+  _globals['_DIGESTSRESPONSE']._serialized_end=1291
+  _globals['_MAILBOXKEYSREQUEST']._serialized_start=1293
+  _globals['_MAILBOXKEYSREQUEST']._serialized_end=1364
+  _globals['_KEYSTATE']._serialized_start=1366
+  _globals['_KEYSTATE']._serialized_end=1433
+  _globals['_MAILBOXKEYSRESPONSE']._serialized_start=1435
+  _globals['_MAILBOXKEYSRESPONSE']._serialized_end=1505
+  _globals['_PULLREQUEST']._serialized_start=1507
+  _globals['_PULLREQUEST']._serialized_end=1551
+  _globals['_PULLRESPONSE']._serialized_start=1553
+  _globals['_PULLRESPONSE']._serialized_end=1609
+  _globals['_MESSENGERSERVICE']._serialized_start=1803
+  _globals['_MESSENGERSERVICE']._serialized_end=2258
+  _globals['_REPLICASERVICE']._serialized_start=2261
+  _globals['_REPLICASERVICE']._serialized_end=2478
 # @@protoc_insertion_point(module_scope)

@@ -385,6 +385,7 @@ class InfoResponse(_message.Message):
     MAILBOXES_FIELD_NUMBER: _builtins.int
     TOMBSTONES_FIELD_NUMBER: _builtins.int
     STATE_DIGEST_FIELD_NUMBER: _builtins.int
+    REBUILDING_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     version: _builtins.str
     store: _builtins.str
@@ -394,6 +395,11 @@ class InfoResponse(_message.Message):
     state_digest: _builtins.int
     """XOR of every mailbox digest (see MailboxDigest): equal on two replicas that
     hold the same queued keys and tombstones.
+    """
+    rebuilding: _builtins.bool
+    """The replica started on an empty store (new, wiped, or a damaged file set
+    aside) and has not yet finished a repair round with each of its peers:
+    messages held only elsewhere are not here yet.
     """
     def __init__(
         self,
@@ -405,10 +411,11 @@ class InfoResponse(_message.Message):
         mailboxes: _builtins.int = ...,
         tombstones: _builtins.int = ...,
         state_digest: _builtins.int = ...,
+        rebuilding: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailboxes", b"mailboxes", "messages", b"messages", "replica_id", b"replica_id", "state_digest", b"state_digest", "store", b"store", "tombstones", b"tombstones", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailboxes", b"mailboxes", "messages", b"messages", "rebuilding", b"rebuilding", "replica_id", b"replica_id", "state_digest", b"state_digest", "store", b"store", "tombstones", b"tombstones", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -92,6 +92,11 @@ class ReplicaMetrics:
             ["peer"],
             registry=self.registry,
         )
+        self.rebuilding = Gauge(
+            "messenger_replica_rebuilding",
+            "1 while the replica, started on an empty store, has not yet repaired from every peer",
+            registry=self.registry,
+        )
         self._http: Any = None
 
     def observe_store(self, counts: StoreCounts) -> None:

@@ -9,6 +9,13 @@ replica that lost its disk can only gain from repair, never spread its gaps.
 
 Repair runs as one background task per replica, off the request path, with a
 bound on every page, round and pull, and a token bucket on messages pulled.
+
+A replica whose store started empty (new, wiped, or a damaged file set aside)
+is rebuilding until it has finished one complete round with each peer: until
+then a message may be held by fewer replicas than it was acknowledged by, and
+losing another replica's disk could lose it. The store keeps the flag, so a
+restart mid-rebuild does not forget it; Info, `messenger status` and the
+metrics show it, and the chaos harness waits for it before the next data loss.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class RoundStats:
     pulled: int = 0
     tombstoned: int = 0
     rejected: int = 0
+    complete: bool = False  # every differing mailbox was compared and repaired (no bound cut the round short)
 
 
 class Repairer:
@@ -95,6 +103,16 @@ class Repairer:
         self._random = random.Random()
         # peer -> monotonic time its rounds began failing: logs say when a peer is lost and back, not every round
         self._down_since_s: dict[str, float] = {}
+        # peers not yet fully repaired from since the store started empty
+        self._rebuild_from: set[str] = set(peers) if store.rebuilding else set()
+        self._rebuild_started_s = time.monotonic()
+        if metrics is not None:
+            metrics.rebuilding.set(1 if self._rebuild_from else 0)
+
+    @property
+    def rebuild_peers_left(self) -> int:
+        """Peers this replica still has to complete a repair round with before it is rebuilt."""
+        return len(self._rebuild_from)
 
     def start(self) -> None:
         """Begin periodic rounds in the background."""
@@ -124,6 +142,7 @@ class Repairer:
             for mailbox in await self._differing_mailboxes(peer, stats):
                 await self._repair_mailbox(peer, mailbox, stats)
         except grpc.RpcError as exc:
+            stats.complete = False  # a round cut short rebuilds nothing
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
             if peer not in self._down_since_s:
                 self._down_since_s[peer] = started
@@ -136,6 +155,8 @@ class Repairer:
             down_since_s = self._down_since_s.pop(peer, None)
             if down_since_s is not None:
                 log.info("event=repair.peer_back peer=%s down_s=%.1f", peer, started - down_since_s)
+            if stats.complete and peer in self._rebuild_from:
+                await self._rebuilt_from(peer)
         if self._metrics is not None:
             self._metrics.repair_rounds.labels(result).inc()
             self._metrics.repair.labels("pulled").inc(stats.pulled)
@@ -150,15 +171,27 @@ class Repairer:
             )  # fmt: skip
         return stats
 
+    async def _rebuilt_from(self, peer: str) -> None:
+        self._rebuild_from.discard(peer)
+        if self._rebuild_from:
+            log.info("event=repair.rebuilding peer_done=%s peers_left=%d", peer, len(self._rebuild_from))
+            return
+        await self._store.mark_rebuilt()
+        if self._metrics is not None:
+            self._metrics.rebuilding.set(0)
+        log.info("event=repair.rebuilt s=%.1f", time.monotonic() - self._rebuild_started_s)
+
     async def _differing_mailboxes(self, peer: str, stats: RoundStats) -> list[str]:
         stub = self._stubs[peer]
         differing: list[str] = []
         after = ""
+        complete = False  # every mailbox of the peer compared
         for _ in range(DIGEST_PAGES_MAX):
             page = await stub.Digests(
                 pb.DigestsRequest(after_mailbox=after, limit=DIGEST_PAGE), timeout=self._timeout_s
             )
             if not page.mailboxes:
+                complete = True
                 break
             last = page.mailboxes[-1].mailbox
             ours = {
@@ -170,9 +203,13 @@ class Repairer:
                 if ours.get(remote.mailbox, 0) != remote.digest:  # no row here: nothing held, digest 0
                     differing.append(remote.mailbox)
             after = last
-            if not page.more or len(differing) >= MAILBOXES_PER_ROUND_MAX:
+            if not page.more:
+                complete = True
+                break
+            if len(differing) >= MAILBOXES_PER_ROUND_MAX:
                 break
         stats.differing = len(differing)
+        stats.complete = complete and len(differing) <= MAILBOXES_PER_ROUND_MAX
         return differing[:MAILBOXES_PER_ROUND_MAX]
 
     async def _repair_mailbox(self, peer: str, mailbox: str, stats: RoundStats) -> None:

@@ -191,10 +191,13 @@ class Replica:
         await self._set_serving(True)
         if self._repairer is not None:
             self._repairer.start()
+        elif self.store.rebuilding:
+            await self.store.mark_rebuilt()  # no peers: nothing to rebuild from
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeeping(), name="housekeeping")
         self._scrubber.start()
         log.info(
-            "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s",
+            "event=replica.started replica=%s store=%s addresses=%s peers=%s pid=%d auth=%s tls=%s mtls=%s"
+            " rebuilding=%s",
             self.store.replica_id,
             self.store.kind,
             ",".join(self.addresses),
@@ -203,6 +206,7 @@ class Replica:
             self.config.auth,
             self.config.tls,
             self.config.tls_client_ca is not None,
+            self.store.rebuilding,
         )
         if self.config.ready_file is not None:
             self.ready_record().write(self.config.ready_file)

@@ -274,6 +274,7 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
             mailboxes=counts.mailboxes,
             tombstones=counts.tombstones,
             state_digest=await self._store.state_digest(),
+            rebuilding=self._store.rebuilding,
         )
 
 

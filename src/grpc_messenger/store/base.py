@@ -187,6 +187,18 @@ class Store(Protocol):
         """Stable identity of this store (survives restarts for durable stores)."""
         ...
 
+    @property
+    def rebuilding(self) -> bool:
+        """The store was created empty (a new, wiped or set-aside store) and is not yet rebuilt from the peers.
+
+        Durable: a replica restarted mid-rebuild is still rebuilding.
+        """
+        ...
+
+    async def mark_rebuilt(self) -> None:
+        """Repair has copied what every peer held: the store is no longer rebuilding."""
+        ...
+
     async def put_many(self, messages: Sequence[Message]) -> list[PutOutcome]:
         """Store each message once per mailbox; one outcome each, in order (no quota: repair)."""
         ...

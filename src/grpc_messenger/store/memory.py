@@ -36,6 +36,7 @@ class MemoryStore:
     def __init__(self, *, quota: Quota | None = None) -> None:
         self._replica_id = f"mem-{uuid.uuid4().hex[:12]}"
         self._quota = quota if quota is not None and quota.enabled else None
+        self._rebuilding = True  # a memory store starts empty every time
         self._seq = 0
         # mailbox -> key -> (seq, digest, body bytes, wire); dicts keep insertion (= seq) order
         self._queued: dict[str, dict[str, tuple[int, str, int, bytes]]] = {}
@@ -51,6 +52,13 @@ class MemoryStore:
     @property
     def replica_id(self) -> str:
         return self._replica_id
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding
+
+    async def mark_rebuilt(self) -> None:
+        self._rebuilding = False
 
     async def put_rows(self, rows: Sequence[Row]) -> PutResult:
         return self._put(rows, self._quota)

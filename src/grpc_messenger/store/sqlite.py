@@ -158,7 +158,7 @@ class SqliteStore:
             self._writer_conn = _connect(self.path)
             self._check_integrity(self._writer_conn)
             migrate.upgrade(self._writer_conn)
-            self._replica_id = self._load_identity(self._writer_conn)
+            self._replica_id, self._rebuilding = self._load_identity(self._writer_conn)
             self._boxes, next_seq = self._load_state(self._writer_conn)
             self._reader_conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
@@ -190,6 +190,14 @@ class SqliteStore:
     def replica_id(self) -> str:
         return self._replica_id
 
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding
+
+    async def mark_rebuilt(self) -> None:
+        await self._write(_forget_rebuilding)
+        self._rebuilding = False
+
     @staticmethod
     def _check_integrity(conn: sqlite3.Connection) -> None:
         # the full check: quick_check misses index/table mismatches (a damaged key or
@@ -199,14 +207,18 @@ class SqliteStore:
             raise StoreError(f"integrity check failed: {'; '.join(rows[:5])}")
 
     @staticmethod
-    def _load_identity(conn: sqlite3.Connection) -> str:
+    def _load_identity(conn: sqlite3.Connection) -> tuple[str, bool]:
+        """(replica id, rebuilding): a store that gets its id now was created empty and must be rebuilt."""
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
+            created = conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('replica_id', ?)", (f"r-{uuid.uuid4().hex[:12]}",)
-            )
+            ).rowcount
+            if created:
+                conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('rebuilding', '1')")
         row = conn.execute("SELECT value FROM meta WHERE name = 'replica_id'").fetchone()
-        return str(row[0])
+        rebuilding = conn.execute("SELECT 1 FROM meta WHERE name = 'rebuilding'").fetchone() is not None
+        return str(row[0]), rebuilding
 
     @staticmethod
     def _load_state(conn: sqlite3.Connection) -> tuple[dict[str, list[int]], int]:
@@ -456,6 +468,10 @@ class SqliteStore:
         self._reader.shutdown(wait=True)
         self._writer_conn.close()
         self._reader_conn.close()
+
+
+def _forget_rebuilding(conn: sqlite3.Connection, txn: _Txn) -> None:
+    conn.execute("DELETE FROM meta WHERE name = 'rebuilding'")
 
 
 def _wall_clock_ms() -> int:
