@@ -241,6 +241,9 @@ class ReadReport:
     messages: tuple[Message, ...]
     replicas_answered: tuple[str, ...]
     failures: tuple[tuple[str, Failure], ...] = field(default=())
+    # False when this read took everything the answering replicas held (as it began):
+    # a loop reading a mailbox to the end can stop without one more, empty, read
+    more: bool = False
 
     @property
     def complete(self) -> bool:

@@ -200,9 +200,9 @@ async def messenger_reads(
             # a very large mailbox takes several receive() calls (each is bounded)
             for _ in range(1000):
                 report = await messenger.receive(boxes[i], limit=READ_SLICE_MESSAGES)
-                if not report.messages:
-                    break
                 moved += len(report.messages)
+                if not report.more:
+                    break
             return moved
 
         with meter.measuring():

@@ -241,20 +241,27 @@ class AsyncMessenger:
         acking), acks on each replica, and returns what was never shown before.
         With `limit`, drains only about that many and returns at most `limit`
         (the rest stays queued or in the inbox for the next call), so memory
-        stays bounded however large the mailbox. Addresses compare
+        stays bounded however large the mailbox; `more` says whether to call
+        again to reach the end of what the replicas held. Addresses compare
         case-insensitively. Raises Unavailable only if no replica answered at all.
         """
         mailbox = normalize_address(validate_address(address, what="mailbox address"))
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be at least 1")
         self._require_open()
-        drained = await reads.drain(self._links, mailbox, self.inbox, page_size=self.config.page_size, stored_max=limit)
+        # what was stored is taken for the caller while the replicas delete their copies
+        take = functools.partial(self.inbox.take_unshown, mailbox, limit=limit)
+        drained = await reads.drain(
+            self._links, mailbox, self.inbox, page_size=self.config.page_size, finish=take, stored_max=limit
+        )
         answered = tuple(link.address for i, link in enumerate(self._links) if i not in drained.failures)
         failed = tuple((self._links[i].address, f) for i, f in sorted(drained.failures.items()))
         if not answered and not drained.pages_read:
             raise reads.no_replica_answered(failed)
-        fresh = await asyncio.to_thread(functools.partial(self.inbox.take_unshown, mailbox, limit=limit))
-        return ReadReport(messages=tuple(fresh), replicas_answered=answered, failures=failed)
+        fresh = drained.finished
+        # with `limit`, a full slice may leave more in the inbox; otherwise only a replica's next page can
+        more = drained.more or (limit is not None and len(fresh) >= limit)
+        return ReadReport(messages=tuple(fresh), replicas_answered=answered, failures=failed, more=more)
 
     async def fetch(self, address: str) -> ReadReport:
         """Peek: every queued message of `address` on any replica, merged, nothing acked or stored."""

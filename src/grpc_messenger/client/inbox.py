@@ -13,8 +13,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from grpc_messenger.errors import InboxError
 from grpc_messenger.model import Message, normalize_address
@@ -57,13 +59,24 @@ def default_data_dir() -> Path:
     return Path(base) / "grpc-messenger"
 
 
+# One transaction's work: runs on the connection inside BEGIN IMMEDIATE ... COMMIT.
+_Work = Callable[[sqlite3.Connection], Any]
+
+
 class LocalInbox:
-    """Delivered messages in one SQLite file, shared safely by threads of one process."""
+    """Delivered messages in one SQLite file, shared safely by threads of one process.
+
+    Writes are group-committed: the calls of concurrent readers (each on its own
+    thread) that arrive while a commit is under way go into the next transaction
+    together, one fsync for all, and each call returns only after that commit.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one user at a time
+        self._queue_lock = threading.Lock()
+        self._queued: list[tuple[_Work, Future[Any]]] = []
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -95,48 +108,99 @@ class LocalInbox:
         """The inbox file inside a data directory."""
         return cls(data_dir / INBOX_FILE)
 
+    def _write(self, work: _Work) -> Any:
+        """Run `work` in a transaction, with whatever other threads queued meanwhile; return once committed.
+
+        The first caller to get the connection commits everything queued so far; a caller
+        whose work a commit already covered returns at once. A SQLite error fails every call
+        of that transaction (it was rolled back as a whole); any other error fails only its
+        own call (rolled back to its savepoint).
+        """
+        done: Future[Any] = Future()
+        with self._queue_lock:
+            self._queued.append((work, done))
+        with self._lock:
+            if not done.done():
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                self._commit(batch)
+        return done.result()
+
+    def _commit(self, batch: list[tuple[_Work, Future[Any]]]) -> None:
+        conn = self._conn
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, done in batch:
+                conn.execute("SAVEPOINT work")
+                try:
+                    result = work(conn)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # this call's own failure: undo it alone
+                    conn.execute("ROLLBACK TO work")
+                    results.append((done, None, exc))
+                else:
+                    results.append((done, result, None))
+                conn.execute("RELEASE work")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # SQLite has already rolled back after some errors (a full disk): a second
+            # ROLLBACK would raise "no transaction is active" and hide the real cause
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+            for _, done in batch:
+                done.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for done, result, failure in results:
+            if failure is None:
+                done.set_result(result)
+            else:
+                done.set_exception(failure)
+
+    def _error(self, exc: sqlite3.Error) -> InboxError:
+        error = InboxError(
+            f"the local inbox {self.path} cannot be written ({exc}); nothing was acknowledged that it"
+            " does not hold, so nothing is lost: free space and read again"
+        )
+        error.__cause__ = exc
+        return error
+
     def store_new(self, owner: str, messages: Sequence[Message]) -> list[Message]:
         """Durably store the messages not yet in the inbox (as not shown); return exactly those.
 
-        One transaction per call (one fsync a page): one lookup of the keys already
-        held and one executemany of the rest, however many messages.
+        One lookup of the keys already held and one executemany of the rest, however
+        many messages, in a transaction shared with other threads' concurrent calls.
         """
         owner = normalize_address(owner)
         now_ms = int(time.time() * 1000)
         keys = json.dumps([m.key for m in messages])
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                held = {
-                    key
-                    for (key,) in self._conn.execute(
-                        "SELECT msg_key FROM inbox WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
-                        (owner, keys),
-                    )
-                }
-                fresh: list[Message] = []
-                for m in messages:
-                    if m.key not in held:
-                        held.add(m.key)  # a key twice in one call is stored once
-                        fresh.append(m)
-                self._conn.executemany(
-                    "INSERT INTO inbox (owner, msg_key, sender, body, created_unix_ms, legacy_id, received_unix_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
+
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            held = {
+                key
+                for (key,) in conn.execute(
+                    "SELECT msg_key FROM inbox WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                    (owner, keys),
                 )
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                # SQLite has already rolled back after some errors (a full disk): a second
-                # ROLLBACK would raise "no transaction is active" and hide the real cause
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise InboxError(
-                        f"the local inbox {self.path} cannot store new messages ({exc}); nothing was"
-                        " acknowledged, so they stay queued on the replicas: free space and read again"
-                    ) from exc
-                raise
-        return fresh
+            }
+            fresh: list[Message] = []
+            for m in messages:
+                if m.key not in held:
+                    held.add(m.key)  # a key twice in one call is stored once
+                    fresh.append(m)
+            conn.executemany(
+                "INSERT INTO inbox (owner, msg_key, sender, body, created_unix_ms, legacy_id, received_unix_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
+            )
+            return fresh
+
+        result: list[Message] = self._write(work)
+        return result
 
     def take_unshown(self, owner: str, *, limit: int | None = None) -> list[Message]:
         """Stored messages of `owner` not yet shown, in display order (the first `limit`); mark them shown.
@@ -145,39 +209,34 @@ class LocalInbox:
         """
         assert limit is None or limit >= 1
         owner = normalize_address(owner)
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._conn.execute(
-                    "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
-                    " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key LIMIT ?",
-                    (owner, -1 if limit is None else limit),
-                ).fetchall()
-                if limit is None:
-                    self._conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
-                else:
-                    self._conn.execute(
-                        "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
-                        (owner, json.dumps([r[0] for r in rows])),
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return [_message(owner, row) for row in rows]
+
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
+                " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key LIMIT ?",
+                (owner, -1 if limit is None else limit),
+            ).fetchall()
+            if limit is None:
+                conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
+            else:
+                conn.execute(
+                    "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                    (owner, json.dumps([r[0] for r in rows])),
+                )
+            return [_message(owner, row) for row in rows]
+
+        result: list[Message] = self._write(work)
+        return result
 
     def mark_unshown(self, owner: str, keys: Sequence[str]) -> None:
         """Mark `keys` as not shown again: taken by a reader that stopped before handing them out."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "UPDATE inbox SET shown = 0 WHERE owner = ? AND msg_key = ?", [(owner, key) for key in keys]
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE inbox SET shown = 0 WHERE owner = ? AND msg_key = ?", [(owner, key) for key in keys]
+            )
+
+        self._write(work)
 
     def history(self, owner: str, *, limit: int = 1000) -> list[Message]:
         """The most recent `limit` delivered messages of `owner`, oldest first."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from grpc_messenger import wire
@@ -26,17 +26,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Drained:
-    """What a drain did: pages read in all, and the failure of each replica that dropped out."""
+    """What a drain did: pages read in all, the failure of each replica that dropped out, what `finish` returned."""
 
     pages_read: int
     failures: dict[int, Failure]
+    more: bool  # some replica still had pages when the drain stopped (at `stored_max` or a bound)
+    finished: list[Message]
 
 
 async def drain(
-    links: Sequence[Link], mailbox: str, inbox: LocalInbox, *, page_size: int, stored_max: int | None = None
+    links: Sequence[Link],
+    mailbox: str,
+    inbox: LocalInbox,
+    *,
+    page_size: int,
+    finish: Callable[[], list[Message]],
+    stored_max: int | None = None,
 ) -> Drained:
-    """Move every replica's queue of `mailbox` (normalized) into `inbox`.
+    """Move every replica's queue of `mailbox` (normalized) into `inbox`, then call `finish` (in a thread).
 
+    `finish` runs once everything this drain takes is stored, at the same time as the
+    last round's acks (it needs our disk, not theirs), and only if some replica answered.
     With `stored_max`, stop after the round in which that many new messages reached the inbox.
     """
     after_seq = [0] * len(links)
@@ -45,6 +55,7 @@ async def drain(
     seen: dict[str, bool] = {}  # every key met in this drain, on any replica
     pages_read = 0
     stored = 0
+    finished: list[Message] | None = None
     for _ in range(pages.READ_PAGES_MAX):
         if not active or (stored_max is not None and stored >= stored_max):
             break
@@ -66,14 +77,22 @@ async def drain(
                 still.append(i)
         if fresh:
             stored += len(await asyncio.to_thread(inbox.store_new, mailbox, fresh))
+        last = not still or (stored_max is not None and stored >= stored_max)
         if to_ack:
             # only now, with every copy on our disk, may the replicas delete theirs
-            acks = await asyncio.gather(*(ack(links[i], mailbox, keys) for i, keys in to_ack))
-            for (i, _), failure in zip(to_ack, acks, strict=True):
+            acks = asyncio.gather(*(ack(links[i], mailbox, keys) for i, keys in to_ack))
+            if last:
+                finished, failed = await asyncio.gather(asyncio.to_thread(finish), acks)
+            else:
+                failed = await acks
+            for (i, _), failure in zip(to_ack, failed, strict=True):
                 if failure is not None:
                     failures[i] = failure
         active = [i for i in still if i not in failures]
-    return Drained(pages_read, failures)
+    if finished is None:
+        # no replica answered: nothing is taken, so what an earlier read stored stays for the next one
+        finished = await asyncio.to_thread(finish) if pages_read else []
+    return Drained(pages_read, failures, more=bool(active), finished=finished)
 
 
 async def _fetch(link: Link, mailbox: str, after_seq: int, page_size: int) -> wire.FetchedPage | Failure:

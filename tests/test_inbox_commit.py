@@ -1,0 +1,78 @@
+"""The local inbox group-commits concurrent readers' writes, and each still gets exactly its own answer.
+
+A real inbox file (WAL, synchronous=FULL) written from many threads at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.model import Message
+
+OWNER = "bob@example.org"
+KEYS = [f"k{i:02d}" for i in range(30)]
+WAIT_S = 30.0
+
+
+def message(key: str) -> Message:
+    return Message(key=key, sender="alice@example.org", recipient=OWNER, body=f"body of {key}", created_unix_ms=1)
+
+
+def wait_for(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(KEYS), max_size=8), min_size=1, max_size=12))
+def test_concurrent_reads_store_each_key_once_and_show_it_once(reads: list[list[str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        inbox = LocalInbox(Path(tmp) / "inbox.sqlite3")
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                stored = list(pool.map(lambda keys: inbox.store_new(OWNER, [message(k) for k in keys]), reads))
+                taken = list(pool.map(lambda _: inbox.take_unshown(OWNER), reads))
+            taken.append(inbox.take_unshown(OWNER))
+        finally:
+            inbox.close()
+    stored_keys = [m.key for part in stored for m in part]
+    assert sorted(stored_keys) == sorted({k for keys in reads for k in keys})  # each stored by one call only
+    shown_keys = [m.key for part in taken for m in part]
+    assert sorted(shown_keys) == sorted(stored_keys)  # and shown exactly once
+
+
+def test_calls_queued_behind_a_commit_share_the_next_and_a_failing_one_fails_alone(tmp_path: Path) -> None:
+    inbox = LocalInbox(tmp_path / "inbox.sqlite3")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE inbox SET shown = 1")
+        raise ValueError("a bug in one caller's work")
+
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            with inbox._lock:  # a commit under way: the next calls queue up behind it
+                first = pool.submit(inbox.store_new, OWNER, [message("a"), message("b")])
+                failing = pool.submit(inbox._write, broken)
+                second = pool.submit(inbox.store_new, OWNER, [message("b"), message("c")])
+                wait_for(lambda: len(inbox._queued) == 3)
+            stored = sorted(m.key for m in first.result(timeout=WAIT_S) + second.result(timeout=WAIT_S))
+            with pytest.raises(ValueError, match="one caller's work"):
+                failing.result(timeout=WAIT_S)
+        assert stored == ["a", "b", "c"]  # "b" stored once, by whichever call came first
+        assert [m.key for m in inbox.take_unshown(OWNER)] == ["a", "b", "c"]  # the failed UPDATE was undone
+    finally:
+        inbox.close()
