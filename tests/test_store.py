@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -141,6 +142,48 @@ def test_concurrent_writers_share_commits_and_lose_nothing(make_store: Callable[
     results = run(many())
     assert all(r == [PutOutcome.STORED] for r in results)
     assert run(store.counts()).messages == 500
+
+
+def test_lone_puts_committed_by_their_callers_and_queued_puts_lose_nothing(tmp_path: Path) -> None:
+    # a lone put may commit on its caller's thread while the writer thread commits others
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    errors: list[BaseException] = []
+
+    async def lone(prefix: str, n: int) -> None:
+        for i in range(n):
+            assert await store.put_many([message(f"{prefix}{i}")]) == [PutOutcome.STORED]
+
+    async def batches(n: int) -> None:
+        for i in range(n):
+            assert await store.put_many([message(f"b{i}-{j}") for j in range(20)]) == [PutOutcome.STORED] * 20
+
+    async def mixed() -> None:
+        await asyncio.gather(lone("a", 100), lone("c", 100), batches(10))
+
+    def other_loop() -> None:
+        try:
+            run(lone("t", 100))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    try:
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        run(mixed())
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert errors == []
+        assert run(store.counts()).messages == 500
+        page = run(store.fetch(BOB, after_seq=0, limit=1000, bytes_max=10**7))
+        assert len({m.key for m in page.messages}) == 500
+        assert not page.more
+    finally:
+        run(store.close())
+    reopened = SqliteStore(tmp_path / "s.sqlite3")  # the per-mailbox state written matches what was stored
+    try:
+        assert run(reopened.counts()).messages == 500
+    finally:
+        run(reopened.close())
 
 
 def test_sqlite_store_keeps_messages_and_identity_across_reopen(tmp_path: Path) -> None:

@@ -77,9 +77,12 @@ class Batch:
         "_acked_extra",
         "_answered",
         "_answers",
+        "_loop",
         "_pending",
         "_replicas",
+        "_settling",
         "_shared",
+        "_waiting",
         "answered",
         "messages",
         "payload",
@@ -113,6 +116,10 @@ class Batch:
         self.sent_at_s = 0.0
         self.quorum: asyncio.Future[None] = loop.create_future()
         self.answered: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        # each caller waits on a future of its own: one it gives up on is cancelled alone
+        self._waiting: list[asyncio.Future[None]] = []  # for the quorum
+        self._settling: list[asyncio.Future[None]] = []  # for every answer
 
     def seal(self) -> None:
         """No more messages: serialize once (the same bytes go to every replica)."""
@@ -138,10 +145,21 @@ class Batch:
                 extra[i] += answer.state.acknowledged
         if self._answered == len(self._replicas) and not self.answered.done():
             self.answered.set_result(None)
+            _wake(self._settling)
         if not self.quorum.done() and (self._answered == len(self._replicas) or self._reached()):
             self.quorum.set_result(None)
+            _wake(self._waiting)
             return True
         return False
+
+    def waiter(self, *, settle: bool) -> asyncio.Future[None]:
+        """A future of the caller's own, done with the quorum (with `settle`, once every replica answered)."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        if (self.answered if settle else self.quorum).done():
+            future.set_result(None)
+        else:
+            (self._settling if settle else self._waiting).append(future)
+        return future
 
     def _reached(self) -> bool:
         if self._acked_extra is None:
@@ -178,9 +196,11 @@ class Ticket:
 
     async def report(self, *, settle: bool = False) -> SendReport:
         """Wait for the quorum (with `settle`, for every replica) and report."""
-        # shielded: a caller that gives up must not cancel the batch's future for the others
-        await asyncio.shield(self.batch.answered if settle else self.batch.quorum)
-        return self.batch.report(self.position)
+        batch = self.batch
+        if not (batch.answered if settle else batch.quorum).done():
+            # its own future, not the batch's: a caller that gives up must not cancel it for the others
+            await batch.waiter(settle=settle)
+        return batch.report(self.position)
 
 
 class Coalescer:
@@ -331,9 +351,16 @@ class Coalescer:
             task.cancel()
 
 
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for future in waiters:
+        if not future.done():  # a caller that gave up cancelled its own
+            future.set_result(None)
+    waiters.clear()
+
+
 _CLOSED = Failure(Status.CANCELLED, "client closed")
-# Loop ticks between a quorum and a caller's next submit: the future's callback, the
-# shield's, the task's wake-up.
+# Loop ticks between a quorum and a caller's next submit: the task's wake-up, with room
+# for a caller that takes a step or two before it sends again.
 _REJOIN_TICKS = 3
 
 
