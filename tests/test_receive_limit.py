@@ -10,7 +10,7 @@ import pytest
 from grpc_messenger import ClientConfig, Draft, InvalidInput, Messenger, Unavailable
 from grpc_messenger.client.inbox import LocalInbox
 from grpc_messenger.model import Message, new_key
-from tests.conftest import ReplicaFactory
+from tests.conftest import ReplicaFactory, wait_until
 
 
 def test_receive_with_limit_delivers_everything_once_in_bounded_slices(
@@ -57,4 +57,6 @@ def test_a_read_no_replica_answers_leaves_what_an_earlier_read_stored_for_the_ne
             m.receive(mailbox)
         for replica in cluster.replicas:
             replica.start()
+        # reconnected first (a channel retries a refused replica after a backoff of up to a second)
+        wait_until(lambda: all(s.reachable for s in m.status()), timeout_s=60)
         assert [x.key for x in m.receive(mailbox).messages] == [kept.key]
