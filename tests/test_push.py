@@ -179,7 +179,9 @@ def test_watch_shows_what_its_homes_outbox_still_owes_until_delivered(
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     try:
-        _wait_for_note(notes, "following 1 of 2 replicas; down: " + down.address + "; outbox owes 1 delivery")
+        # not a push: the wait covers the watcher's start on a loaded machine
+        owes = "following 1 of 2 replicas; down: " + down.address + "; outbox owes 1 delivery"
+        _wait_for_note(notes, owes, timeout_s=PUSH_WAIT_S + BACKOFF_CAP_S)
         down.start()  # the watcher's own outbox loop hands it its copy (after a backoff of up to a minute)
         _wait_for_note(notes, "following 2 of 2 replicas\n", timeout_s=PUSH_WAIT_S + BACKOFF_CAP_S)
     finally:
