@@ -102,28 +102,7 @@ def test_watch_prints_a_message_once_while_a_replica_restarts(
     """`messenger watch` keeps following through a replica restart and prints a message sent meanwhile once."""
     cluster = replica_factory.cluster(3)
     mailbox = "watcher@example.org"
-    env = {**os.environ, "MESSENGER_SERVERS": ",".join(cluster.servers), "MESSENGER_HOME": str(client_home)}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "grpc_messenger", "watch", mailbox, "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue(maxsize=1000)
-    notes: queue.Queue[str] = queue.Queue(maxsize=1000)
-
-    def pump(stream: object, into: queue.Queue[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            into.put(line, timeout=PUSH_WAIT_S)
-
-    pumps = [
-        threading.Thread(target=pump, args=(watcher.stdout, lines), daemon=True),
-        threading.Thread(target=pump, args=(watcher.stderr, notes), daemon=True),
-    ]
-    for thread in pumps:
-        thread.start()
+    watcher, pumps, lines, notes = _start_watching(cluster.servers, client_home, mailbox, "--json")
     try:
         _wait_for_note(notes, "following 3 of 3")
         victim = cluster.replicas[0]
@@ -161,23 +140,7 @@ def test_watch_shows_what_its_homes_outbox_still_owes_until_delivered(
     with Messenger(ClientConfig(servers=cluster.servers, data_dir=client_home, timeout_s=PUSH_WAIT_S)) as m:
         report = m.send(sender="ann@example.org", recipient="carol@example.org", body="owed", settle=True)
         assert m.outbox_owed() == (1, 0)
-    env = {**os.environ, "MESSENGER_SERVERS": ",".join(cluster.servers), "MESSENGER_HOME": str(client_home)}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "grpc_messenger", "watch", "watcher@example.org"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        text=True,
-    )
-    notes: queue.Queue[str] = queue.Queue(maxsize=1000)
-
-    def pump() -> None:
-        for line in watcher.stderr:  # type: ignore[union-attr]
-            notes.put(line, timeout=PUSH_WAIT_S)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
+    watcher, pumps, _, notes = _start_watching(cluster.servers, client_home, "watcher@example.org")
     try:
         # not a push: the wait covers the watcher's start on a loaded machine
         owes = "following 1 of 2 replicas; down: " + down.address + "; outbox owes 1 delivery"
@@ -185,8 +148,37 @@ def test_watch_shows_what_its_homes_outbox_still_owes_until_delivered(
         down.start()  # the watcher's own outbox loop hands it its copy (after a backoff of up to a minute)
         _wait_for_note(notes, "following 2 of 2 replicas\n", timeout_s=PUSH_WAIT_S + BACKOFF_CAP_S)
     finally:
-        _stop_watching(watcher, [thread])
+        _stop_watching(watcher, pumps)
     assert queued_keys(down.address, "carol@example.org") == {report.key}
+
+
+def _start_watching(
+    servers: tuple[str, ...], home: Path, mailbox: str, *args: str
+) -> tuple[subprocess.Popen[str], list[threading.Thread], queue.Queue[str], queue.Queue[str]]:
+    """`messenger watch MAILBOX ARGS` on `home`; threads put its stdout lines and stderr notes in two queues."""
+    env = {**os.environ, "MESSENGER_SERVERS": ",".join(servers), "MESSENGER_HOME": str(home)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "grpc_messenger", "watch", mailbox, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue(maxsize=1000)
+    notes: queue.Queue[str] = queue.Queue(maxsize=1000)
+
+    def pump(stream: object, into: queue.Queue[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.put(line, timeout=PUSH_WAIT_S)
+
+    pumps = [
+        threading.Thread(target=pump, args=(watcher.stdout, lines), daemon=True),
+        threading.Thread(target=pump, args=(watcher.stderr, notes), daemon=True),
+    ]
+    for thread in pumps:
+        thread.start()
+    return watcher, pumps, lines, notes
 
 
 def _stop_watching(watcher: subprocess.Popen[str], pumps: list[threading.Thread]) -> None:
