@@ -55,6 +55,9 @@ def test_stop_during_concurrent_sends_keeps_every_acknowledged_message(
                 await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
             finally:
                 killer.cancel()
+                # the stop may still be waiting for the process: while it does, another
+                # thread's poll() cannot reap it and would see the replica as running
+                killer.join(timeout=60)
 
     asyncio.run(run())
     assert len(acked) > 100, "the replica should have acknowledged messages before the stop"

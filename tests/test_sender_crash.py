@@ -67,11 +67,15 @@ _SEND_THEN_DIE = textwrap.dedent(
     m = Messenger(config)
     reports = m.send_many(Draft("crash@x.org", sys.argv[3], f"owed {i}") for i in range(20))
     assert all(r.ok for r in reports), reports
-    for _ in range(200):  # the outbox write follows the send by a short grace
+    for _ in range(600):  # the outbox write follows the send by a short grace
         if m.outbox_owed()[0] == 2 * len(reports):
             break
         time.sleep(0.05)
-    print(json.dumps({"keys": [r.key for r in reports], "owed": m.outbox_owed()[0]}), flush=True)
+    # what each replica said, and what the outbox holds, for the test's message if it fails
+    states = sorted({(r.replica, r.state.value, str(r.failure)) for report in reports for r in report.replicas})
+    owed_to = sorted({d.replica for d in m.outbox_listing()})
+    out = {"keys": [r.key for r in reports], "owed": m.outbox_owed()[0], "states": states, "owed_to": owed_to}
+    print(json.dumps(out), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # no close, no flush: a crash
     """
 )
@@ -109,7 +113,7 @@ def test_a_killed_senders_outbox_delivers_on_its_next_start(
     assert first.returncode == -9, first.stderr[-2000:]
     sent = json.loads(first.stdout)
     keys = set(sent["keys"])
-    assert sent["owed"] == 2 * len(keys)
+    assert sent["owed"] == 2 * len(keys), (sent["states"], sent["owed_to"], first.stderr[-2000:])
     assert queued_keys(r1.address, mailbox) == keys
     r2.start()
     r3.start()
