@@ -286,6 +286,7 @@ def plot(rows: Sequence[Row], path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     except ImportError:
         return None
     shown = [r for r in rows if r.status == "ok" and r.msgs_per_s and not r.name.startswith("scale-")]
@@ -300,6 +301,10 @@ def plot(rows: Sequence[Row], path: Path) -> Path | None:
     right.barh(names, [r.p99_ms or 0 for r in shown], color=colors)
     right.set_xlabel("p99 latency, ms (lower is better)")
     right.set_xscale("log")
+    # plain numbers at 1, 2 and 5 of each decade: labelled minor ticks run into each other
+    right.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    right.xaxis.set_major_formatter(ScalarFormatter())
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.invert_yaxis()
     clients = [r.cpu.client_us or 0.0 for r in shown]
     servers = [r.cpu.server_total_us or 0.0 for r in shown]
