@@ -11,9 +11,9 @@ schedule plans one per `data_loss_gap_s` at most, and the nemesis holds the next
 one back until no replica reports itself rebuilding (Info), so a replica has
 copied its peers' messages before another may lose its data. (The hour-long run
 showed why a fixed gap is not enough: under load a rebuild took up to a minute,
-and three disks lost within it lost the messages they held.) With W=1 a message may live on one
-replica and the sender's outbox only; losing that replica's disk is covered by
-the outbox (the `isolate_wipe` fault is exactly that case).
+and three disks lost within it lost the messages they held.) With W=1 a message
+may live on one replica and the sender's outbox only; losing that replica's disk
+is covered by the outbox (the `isolate_wipe` fault is exactly that case).
 """
 
 from __future__ import annotations

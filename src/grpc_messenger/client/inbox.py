@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc_messenger.errors import InboxError
 from grpc_messenger.model import Message, normalize_address
@@ -61,6 +61,7 @@ def default_data_dir() -> Path:
 
 # One transaction's work: runs on the connection inside BEGIN IMMEDIATE ... COMMIT.
 _Work = Callable[[sqlite3.Connection], Any]
+T = TypeVar("T")
 
 
 class LocalInbox:
@@ -108,7 +109,7 @@ class LocalInbox:
         """The inbox file inside a data directory."""
         return cls(data_dir / INBOX_FILE)
 
-    def _write(self, work: _Work) -> Any:
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a transaction, with whatever other threads queued meanwhile; return once committed.
 
         The first caller to get the connection commits everything queued so far; a caller
@@ -116,7 +117,7 @@ class LocalInbox:
         of that transaction (it was rolled back as a whole); any other error fails only its
         own call (rolled back to its savepoint).
         """
-        done: Future[Any] = Future()
+        done: Future[T] = Future()
         with self._queue_lock:
             self._queued.append((work, done))
         with self._lock:
@@ -199,8 +200,7 @@ class LocalInbox:
             )
             return fresh
 
-        result: list[Message] = self._write(work)
-        return result
+        return self._write(work)
 
     def take_unshown(self, owner: str, *, limit: int | None = None) -> list[Message]:
         """Stored messages of `owner` not yet shown, in display order (the first `limit`); mark them shown.
@@ -225,8 +225,7 @@ class LocalInbox:
                 )
             return [_message(owner, row) for row in rows]
 
-        result: list[Message] = self._write(work)
-        return result
+        return self._write(work)
 
     def mark_unshown(self, owner: str, keys: Sequence[str]) -> None:
         """Mark `keys` as not shown again: taken by a reader that stopped before handing them out."""

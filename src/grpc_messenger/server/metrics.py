@@ -99,8 +99,9 @@ class ReplicaMetrics:
         )
         self._http: Any = None
 
-    def observe_store(self, counts: StoreCounts) -> None:
+    def observe_store(self, counts: StoreCounts, *, rebuilding: bool) -> None:
         """Refresh the store gauges."""
+        self.rebuilding.set(1 if rebuilding else 0)
         self.stored.set(counts.messages)
         self.mailboxes.set(counts.mailboxes)
         self.tombstones.set(counts.tombstones)

@@ -106,13 +106,6 @@ class Repairer:
         # peers not yet fully repaired from since the store started empty
         self._rebuild_from: set[str] = set(peers) if store.rebuilding else set()
         self._rebuild_started_s = time.monotonic()
-        if metrics is not None:
-            metrics.rebuilding.set(1 if self._rebuild_from else 0)
-
-    @property
-    def rebuild_peers_left(self) -> int:
-        """Peers this replica still has to complete a repair round with before it is rebuilt."""
-        return len(self._rebuild_from)
 
     def start(self) -> None:
         """Begin periodic rounds in the background."""
@@ -177,8 +170,6 @@ class Repairer:
             log.info("event=repair.rebuilding peer_done=%s peers_left=%d", peer, len(self._rebuild_from))
             return
         await self._store.mark_rebuilt()
-        if self._metrics is not None:
-            self._metrics.rebuilding.set(0)
         log.info("event=repair.rebuilt s=%.1f", time.monotonic() - self._rebuild_started_s)
 
     async def _differing_mailboxes(self, peer: str, stats: RoundStats) -> list[str]:

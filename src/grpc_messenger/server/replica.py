@@ -229,7 +229,7 @@ class Replica:
         while True:
             await asyncio.sleep(min(GAUGE_INTERVAL_S, purge_every_s))
             try:
-                self.metrics.observe_store(await self.store.counts())
+                self.metrics.observe_store(await self.store.counts(), rebuilding=self.store.rebuilding)
                 await self._observe_disk()
                 if time.monotonic() - last_purge >= purge_every_s:
                     last_purge = time.monotonic()
