@@ -186,7 +186,7 @@ def test_a_schema_3_store_is_upgraded_with_exact_digests_usage_and_cursors(tmp_p
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not tables & {"mailbox_usage", "mailbox_digest", "messages_v3", "tombstones_v3"}
         assert not conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
-        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("4",)
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("5",)
     finally:
         conn.close()
     reopened = SqliteStore(path)  # and it opens again as it is

@@ -1,8 +1,10 @@
 """The SQLite store's schema, and the upgrade of stores written by earlier versions.
 
-Schema 4 keeps, per message, the SendRequest served to readers (as bytes) and a
+Schema 5 keeps, per message, the SendRequest served to readers (as bytes) and a
 checksum over the row; per mailbox, the state that quotas, Info and repair need
-(written by the store once per commit, no triggers, no SQL functions). Mailboxes
+(written by the store once per commit, no triggers, no SQL functions). Schema 5
+is schema 4 without the messages index by mailbox (it lives in memory now):
+opening a schema-4 store drops it, and nothing else changes. Mailboxes
 are named by their normalized address (see model.normalize_address).
 
 Upgrading a schema-3 store (columns per field, triggers calling Python) happens
@@ -25,7 +27,7 @@ from grpc_messenger.store.base import UNKNOWN_DIGEST, key_hash, row_checksum
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 _COPY_CHUNK = 10_000
 
 # Rows that failed their checksum, kept as they were found (raw bytes, no constraints).
@@ -55,7 +57,9 @@ _SCHEMA = (
     checksum BLOB NOT NULL,
     UNIQUE (msg_key, mailbox)
 )""",
-    "CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, seq)",
+    # No index by mailbox: its entries would land on one page per mailbox, a commit
+    # dirtying a page for nearly every row; store.mailbox_index keeps it in memory.
+    "DROP INDEX IF EXISTS messages_by_mailbox",
     """CREATE TABLE IF NOT EXISTS tombstones (
     mailbox TEXT NOT NULL,
     msg_key TEXT NOT NULL,

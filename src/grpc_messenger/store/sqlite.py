@@ -64,6 +64,7 @@ from grpc_messenger.store.base import (
     row_checksum,
 )
 from grpc_messenger.store.diskspace import DiskFull, commit_error
+from grpc_messenger.store.mailbox_index import MailboxIndex
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,24 @@ class _Op:
 
 
 class _Txn:
-    """What one commit changes in the per-mailbox state; memory sees it only after COMMIT."""
+    """What one commit changes in the per-mailbox state and the mailbox index; memory sees it only after COMMIT."""
 
-    __slots__ = ("_committed", "next_seq", "touched")
+    __slots__ = ("_committed", "added", "next_seq", "reindex", "removed", "touched")
 
     def __init__(self, committed: dict[str, list[int]], next_seq: int) -> None:
         self._committed = committed
         self.touched: dict[str, list[int]] = {}
         self.next_seq = next_seq
+        # rows this commit inserts (mailbox, seq), in seq order, and removes, per mailbox
+        self.added: list[tuple[str, int]] = []
+        self.removed: dict[str, set[int]] = {}
+        self.reindex = False
 
     def replace_all(self, fresh: dict[str, list[int]]) -> None:
         """Make `fresh` the whole per-mailbox state (after rows were removed whose fields are not trusted)."""
         for mailbox in {*self._committed, *self.touched, *fresh}:
             self.touched[mailbox] = list(fresh.get(mailbox, _EMPTY))
+        self.reindex = True
 
     def box(self, mailbox: str) -> list[int]:
         """This commit's copy of a mailbox's state (copied on first touch)."""
@@ -160,6 +166,7 @@ class SqliteStore:
             migrate.upgrade(self._writer_conn)
             self._replica_id, self._rebuilding = self._load_identity(self._writer_conn)
             self._boxes, next_seq = self._load_state(self._writer_conn)
+            self._index = MailboxIndex.load(self._writer_conn)
             self._reader_conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -358,7 +365,11 @@ class SqliteStore:
         return [(True, r) for r in results]
 
     def _merge(self, txn: _Txn) -> None:
-        """Make a committed transaction's mailbox state the current one."""
+        """Make a committed transaction's mailbox state and index changes the current ones."""
+        if txn.reindex:
+            self._index.reload(self._writer_conn)
+        elif txn.added or txn.removed:
+            self._index.apply(txn.added, txn.removed)
         boxes = self._boxes
         for mailbox, box in txn.touched.items():
             old = boxes.get(mailbox, _EMPTY)
@@ -388,14 +399,16 @@ class SqliteStore:
 
     async def take_wire(self, mailbox: str, *, limit: int, bytes_max: int) -> list[bytes]:
         now_ms = self._clock_ms()
-        return await self._write(lambda conn, txn: _take(conn, txn, mailbox, limit, bytes_max, now_ms))
+        index = self._index
+        return await self._write(lambda conn, txn: _take(conn, txn, index, mailbox, limit, bytes_max, now_ms))
 
     async def take(self, mailbox: str, *, limit: int, bytes_max: int) -> list[Message]:
         return [wire.message_of_wire(w) for w in await self.take_wire(mailbox, limit=limit, bytes_max=bytes_max)]
 
     async def fetch_wire(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> WirePage:
         assert limit > 0
-        return await self._read(lambda conn: _fetch(conn, mailbox, after_seq, limit, bytes_max))
+        index = self._index
+        return await self._read(lambda conn: _fetch(conn, index, mailbox, after_seq, limit, bytes_max))
 
     async def fetch(self, mailbox: str, *, after_seq: int, limit: int, bytes_max: int) -> FetchPage:
         page = await self.fetch_wire(mailbox, after_seq=after_seq, limit=limit, bytes_max=bytes_max)
@@ -424,7 +437,8 @@ class SqliteStore:
         return self._state_digest
 
     async def key_states(self, mailbox: str, *, after_key: str, limit: int) -> list[KeyState]:
-        return await self._read(lambda conn: _key_states(conn, mailbox, after_key, limit))
+        index = self._index
+        return await self._read(lambda conn: _key_states(conn, index, mailbox, after_key, limit))
 
     async def apply_tombstones(self, mailbox: str, tombstones: Sequence[tuple[str, int]]) -> int:
         items = list(tombstones)
@@ -521,6 +535,7 @@ def _put_group(conn: sqlite3.Connection, txn: _Txn, ops: list[_Op]) -> list[PutR
         conn.executemany(_INSERT, plain)
     if checked:
         conn.executemany(_INSERT_UNLESS_TOMBSTONED, checked)
+    added = txn.added
     if conn.total_changes - before == len(fast):  # the common case: every row went in
         for i in fast:
             mailbox, key, _, size, _ = rows[i]
@@ -529,6 +544,7 @@ def _put_group(conn: sqlite3.Connection, txn: _Txn, ops: list[_Op]) -> list[PutR
             box[_BYTES] += size
             box[_DIGEST] ^= key_hash(mailbox, "m", key)
             codes[i] = STORED
+            added.append((mailbox, first_seq + i))
     else:
         present = {
             seq
@@ -541,6 +557,7 @@ def _put_group(conn: sqlite3.Connection, txn: _Txn, ops: list[_Op]) -> list[PutR
             if first_seq + i in present:
                 _count_in(box_of(mailbox), mailbox, key, size)
                 codes[i] = STORED
+                added.append((mailbox, first_seq + i))
             else:
                 outcome = _known_outcome(conn, mailbox, key, digest)
                 assert outcome is not None, "insert skipped a key that is neither stored nor tombstoned"
@@ -599,6 +616,7 @@ def _put_one(conn: sqlite3.Connection, txn: _Txn, row: Row, seq: int, quota: Quo
     ).rowcount
     assert inserted == 1, "a key known to be absent was not inserted"
     _count_in(box, mailbox, key, size)
+    txn.added.append((mailbox, seq))
     return STORED, ""
 
 
@@ -657,9 +675,9 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
         return 0
     keys_json = json.dumps(list(earliest))
     queued = {
-        key: (digest, size)
-        for key, digest, size in conn.execute(
-            "SELECT msg_key, digest, body_bytes FROM messages"
+        key: (digest, size, seq)
+        for key, digest, size, seq in conn.execute(
+            "SELECT msg_key, digest, body_bytes, seq FROM messages"
             " WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
             (mailbox, keys_json),
         )
@@ -684,10 +702,12 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
             (mailbox, json.dumps(list(queued))),
         ).rowcount
         assert deleted == len(queued), "rows read in this transaction must still be there"
-        for key, (_, size) in queued.items():
+        removed = txn.removed.setdefault(mailbox, set())
+        for key, (_, size, seq) in queued.items():
             box[_MESSAGES] -= 1
             box[_BYTES] -= size
             box[_DIGEST] ^= key_hash(mailbox, "m", key)
+            removed.add(seq)
     for key in earliest:
         if key not in kept:
             box[_TOMBS] += 1
@@ -718,13 +738,24 @@ def _intact(mailbox: str, row: tuple[Any, ...]) -> bool:
     return False
 
 
-def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, bytes_max: int, now_ms: int) -> list[bytes]:
+def _rows_at(conn: sqlite3.Connection, mailbox: str, seqs: list[int]) -> list[tuple[Any, ...]]:
+    """The rows of `mailbox` with these seqs, in seq order (a row deleted meanwhile is not there)."""
+    if not seqs:
+        return []
+    return conn.execute(
+        f"SELECT {_ROW_COLUMNS} FROM messages WHERE seq IN (SELECT value FROM json_each(?)) AND mailbox = ?"
+        " ORDER BY seq",
+        (json.dumps(seqs), mailbox),
+    ).fetchall()
+
+
+def _take(
+    conn: sqlite3.Connection, txn: _Txn, index: MailboxIndex, mailbox: str, limit: int, bytes_max: int, now_ms: int
+) -> list[bytes]:
     taken: list[bytes] = []
     keys: list[str] = []
     size = 0
-    rows = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM messages WHERE mailbox = ? ORDER BY seq LIMIT ?", (mailbox, limit)
-    ).fetchall()
+    rows = _rows_at(conn, mailbox, index.after(mailbox, 0, limit))
     for row in rows:
         size += len(row[4])
         if taken and size > bytes_max:
@@ -737,12 +768,12 @@ def _take(conn: sqlite3.Connection, txn: _Txn, mailbox: str, limit: int, bytes_m
     return taken
 
 
-def _fetch(conn: sqlite3.Connection, mailbox: str, after_seq: int, limit: int, bytes_max: int) -> WirePage:
-    rows = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM messages WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (mailbox, after_seq, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
+def _fetch(
+    conn: sqlite3.Connection, index: MailboxIndex, mailbox: str, after_seq: int, limit: int, bytes_max: int
+) -> WirePage:
+    seqs = index.after(mailbox, after_seq, limit + 1)
+    more = len(seqs) > limit
+    rows = _rows_at(conn, mailbox, seqs[:limit])
     page: list[bytes] = []
     last = after_seq
     size = 0
@@ -767,12 +798,15 @@ def _digests(conn: sqlite3.Connection, after: str, until: str | None, limit: int
     return [MailboxDigest(*row) for row in rows]
 
 
-def _key_states(conn: sqlite3.Connection, mailbox: str, after_key: str, limit: int) -> list[KeyState]:
+def _key_states(
+    conn: sqlite3.Connection, index: MailboxIndex, mailbox: str, after_key: str, limit: int
+) -> list[KeyState]:
     rows = conn.execute(
-        "SELECT msg_key, 0, 0 FROM messages WHERE mailbox = ? AND msg_key > ?"
+        "SELECT msg_key, 0, 0 FROM messages"
+        " WHERE seq IN (SELECT value FROM json_each(?)) AND mailbox = ? AND msg_key > ?"
         " UNION ALL SELECT msg_key, 1, deleted_unix_ms FROM tombstones WHERE mailbox = ? AND msg_key > ?"
         " ORDER BY 1 LIMIT ?",
-        (mailbox, after_key, mailbox, after_key, limit),
+        (json.dumps(index.all(mailbox)), mailbox, after_key, mailbox, after_key, limit),
     ).fetchall()
     return [KeyState(key, bool(tomb), deleted_ms) for key, tomb, deleted_ms in rows]
 
