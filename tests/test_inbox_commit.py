@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grpc_messenger.client import inbox as inbox_module
 from grpc_messenger.client.inbox import LocalInbox
+from grpc_messenger.errors import InboxError
 from grpc_messenger.model import Message
 
 OWNER = "bob@example.org"
@@ -53,6 +55,51 @@ def test_concurrent_reads_store_each_key_once_and_show_it_once(reads: list[list[
     assert sorted(stored_keys) == sorted({k for keys in reads for k in keys})  # each stored by one call only
     shown_keys = [m.key for part in taken for m in part]
     assert sorted(shown_keys) == sorted(stored_keys)  # and shown exactly once
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from(KEYS), max_size=8), min_size=1, max_size=12),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=10)),
+)
+def test_reads_that_store_and_take_in_one_commit_show_each_key_once(reads: list[list[str]], limit: int | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        inbox = LocalInbox(Path(tmp) / "inbox.sqlite3")
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                done = list(
+                    pool.map(lambda keys: inbox.store_and_take(OWNER, [message(k) for k in keys], limit=limit), reads)
+                )
+            rest = inbox.take_unshown(OWNER)
+        finally:
+            inbox.close()
+    stored_keys = [m.key for stored, _ in done for m in stored]
+    assert sorted(stored_keys) == sorted({k for keys in reads for k in keys})
+    taken = [m.key for _, part in done for m in part]
+    assert limit is None or all(len(part) <= limit for _, part in done)
+    assert sorted(taken + [m.key for m in rest]) == sorted(stored_keys)  # each shown once, none left behind
+
+
+def test_store_and_take_is_one_transaction_a_failing_take_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_take(owner: str, limit: int | None) -> Callable[[sqlite3.Connection], list[Message]]:
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        return work
+
+    inbox = LocalInbox(tmp_path / "inbox.sqlite3")
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(inbox_module, "_taking", failing_take)
+            with pytest.raises(InboxError):
+                inbox.store_and_take(OWNER, [message("a"), message("b")])
+        assert inbox.count(OWNER) == 0  # the store half was rolled back with the take
+        stored, taken = inbox.store_and_take(OWNER, [message("a"), message("b")])
+        assert [m.key for m in stored] == [m.key for m in taken] == ["a", "b"]
+    finally:
+        inbox.close()
 
 
 def test_calls_queued_behind_a_commit_share_the_next_and_a_failing_one_fails_alone(tmp_path: Path) -> None:

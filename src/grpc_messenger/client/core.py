@@ -12,7 +12,6 @@ hands out what was never shown.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -249,16 +248,14 @@ class AsyncMessenger:
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be at least 1")
         self._require_open()
-        # what was stored is taken for the caller while the replicas delete their copies
-        take = functools.partial(self.inbox.take_unshown, mailbox, limit=limit)
         drained = await reads.drain(
-            self._links, mailbox, self.inbox, page_size=self.config.page_size, finish=take, stored_max=limit
+            self._links, mailbox, self.inbox, page_size=self.config.page_size, take_limit=limit, stored_max=limit
         )
         answered = tuple(link.address for i, link in enumerate(self._links) if i not in drained.failures)
         failed = tuple((self._links[i].address, f) for i, f in sorted(drained.failures.items()))
         if not answered and not drained.pages_read:
             raise reads.no_replica_answered(failed)
-        fresh = drained.finished
+        fresh = drained.taken
         # with `limit`, a full slice may leave more in the inbox; otherwise only a replica's next page can
         more = drained.more or (limit is not None and len(fresh) >= limit)
         return ReadReport(messages=tuple(fresh), replicas_answered=answered, failures=failed, more=more)

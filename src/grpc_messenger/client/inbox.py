@@ -176,31 +176,7 @@ class LocalInbox:
         One lookup of the keys already held and one executemany of the rest, however
         many messages, in a transaction shared with other threads' concurrent calls.
         """
-        owner = normalize_address(owner)
-        now_ms = int(time.time() * 1000)
-        keys = json.dumps([m.key for m in messages])
-
-        def work(conn: sqlite3.Connection) -> list[Message]:
-            held = {
-                key
-                for (key,) in conn.execute(
-                    "SELECT msg_key FROM inbox WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
-                    (owner, keys),
-                )
-            }
-            fresh: list[Message] = []
-            for m in messages:
-                if m.key not in held:
-                    held.add(m.key)  # a key twice in one call is stored once
-                    fresh.append(m)
-            conn.executemany(
-                "INSERT INTO inbox (owner, msg_key, sender, body, created_unix_ms, legacy_id, received_unix_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
-            )
-            return fresh
-
-        return self._write(work)
+        return self._write(_storing(normalize_address(owner), messages))
 
     def take_unshown(self, owner: str, *, limit: int | None = None) -> list[Message]:
         """Stored messages of `owner` not yet shown, in display order (the first `limit`); mark them shown.
@@ -208,22 +184,23 @@ class LocalInbox:
         Includes messages stored by an earlier read that died before showing them.
         """
         assert limit is None or limit >= 1
-        owner = normalize_address(owner)
+        return self._write(_taking(normalize_address(owner), limit))
 
-        def work(conn: sqlite3.Connection) -> list[Message]:
-            rows = conn.execute(
-                "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
-                " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key LIMIT ?",
-                (owner, -1 if limit is None else limit),
-            ).fetchall()
-            if limit is None:
-                conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
-            else:
-                conn.execute(
-                    "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
-                    (owner, json.dumps([r[0] for r in rows])),
-                )
-            return [_message(owner, row) for row in rows]
+    def store_and_take(
+        self, owner: str, messages: Sequence[Message], *, limit: int | None = None
+    ) -> tuple[list[Message], list[Message]]:
+        """`store_new` then `take_unshown`, in one transaction (one fsync); return what each returned.
+
+        Either both happen or neither: a crash before the commit leaves nothing stored and
+        nothing marked shown, one after it leaves the messages stored and the taken ones shown.
+        """
+        assert limit is None or limit >= 1
+        owner = normalize_address(owner)
+        store = _storing(owner, messages)
+        take = _taking(owner, limit)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], list[Message]]:
+            return store(conn), take(conn)
 
         return self._write(work)
 
@@ -266,3 +243,54 @@ def _message(owner: str, row: tuple[str, str, str, int, int]) -> Message:
     return Message(
         key=key, sender=sender, recipient=owner, body=body, created_unix_ms=created_unix_ms, legacy_id=legacy_id
     )
+
+
+def _storing(owner: str, messages: Sequence[Message]) -> Callable[[sqlite3.Connection], list[Message]]:
+    """The work of storing `messages` not yet held by `owner` (normalized) as not shown; it returns those."""
+    now_ms = int(time.time() * 1000)
+    keys = json.dumps([m.key for m in messages])
+
+    def work(conn: sqlite3.Connection) -> list[Message]:
+        if not messages:
+            return []
+        held = {
+            key
+            for (key,) in conn.execute(
+                "SELECT msg_key FROM inbox WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                (owner, keys),
+            )
+        }
+        fresh: list[Message] = []
+        for m in messages:
+            if m.key not in held:
+                held.add(m.key)  # a key twice in one call is stored once
+                fresh.append(m)
+        conn.executemany(
+            "INSERT INTO inbox (owner, msg_key, sender, body, created_unix_ms, legacy_id, received_unix_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(owner, m.key, m.sender, m.body, m.created_unix_ms, m.legacy_id, now_ms) for m in fresh],
+        )
+        return fresh
+
+    return work
+
+
+def _taking(owner: str, limit: int | None) -> Callable[[sqlite3.Connection], list[Message]]:
+    """The work of taking the first `limit` unshown messages of `owner` (normalized) and marking them shown."""
+
+    def work(conn: sqlite3.Connection) -> list[Message]:
+        rows = conn.execute(
+            "SELECT msg_key, sender, body, created_unix_ms, legacy_id FROM inbox"
+            " WHERE owner = ? AND shown = 0 ORDER BY created_unix_ms, sender, msg_key LIMIT ?",
+            (owner, -1 if limit is None else limit),
+        ).fetchall()
+        if limit is None:
+            conn.execute("UPDATE inbox SET shown = 1 WHERE owner = ? AND shown = 0", (owner,))
+        else:
+            conn.execute(
+                "UPDATE inbox SET shown = 1 WHERE owner = ? AND msg_key IN (SELECT value FROM json_each(?))",
+                (owner, json.dumps([r[0] for r in rows])),
+            )
+        return [_message(owner, row) for row in rows]
+
+    return work

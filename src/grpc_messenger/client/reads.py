@@ -3,15 +3,17 @@
 A drain goes in rounds: one page from each replica at once, the copies
 de-duplicated by key before any body is decoded, the union stored in the
 inbox in one transaction (one fsync for all replicas), then one Ack call per
-replica for the keys it returned. A replica that fails drops out of the
-rounds with its failure; the others go on.
+replica for the keys it returned. The last round also takes the caller's
+unshown messages in that same transaction. A replica that fails drops out
+of the rounds with its failure; the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from grpc_messenger import wire
@@ -26,12 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Drained:
-    """What a drain did: pages read in all, the failure of each replica that dropped out, what `finish` returned."""
+    """What a drain did: pages read in all, each failed replica's failure, what it took for the caller."""
 
     pages_read: int
     failures: dict[int, Failure]
     more: bool  # some replica still had pages when the drain stopped (at `stored_max` or a bound)
-    finished: list[Message]
+    taken: list[Message]
 
 
 async def drain(
@@ -40,13 +42,16 @@ async def drain(
     inbox: LocalInbox,
     *,
     page_size: int,
-    finish: Callable[[], list[Message]],
+    take_limit: int | None = None,
     stored_max: int | None = None,
 ) -> Drained:
-    """Move every replica's queue of `mailbox` (normalized) into `inbox`, then call `finish` (in a thread).
+    """Move every replica's queue of `mailbox` (normalized) into `inbox`, then take its unshown messages.
 
-    `finish` runs once everything this drain takes is stored, at the same time as the
-    last round's acks (it needs our disk, not theirs), and only if some replica answered.
+    What is taken (`inbox.take_unshown`, the first `take_limit`) is marked shown once
+    everything this drain stores is stored, and only if some replica answered. The round
+    that reaches the end of every replica's queue stores its messages and takes in one
+    inbox transaction, then acks; an earlier stop (`stored_max`, a bound) takes while
+    its last acks are in flight (it needs our disk, not theirs).
     With `stored_max`, stop after the round in which that many new messages reached the inbox.
     """
     after_seq = [0] * len(links)
@@ -55,7 +60,8 @@ async def drain(
     seen: dict[str, bool] = {}  # every key met in this drain, on any replica
     pages_read = 0
     stored = 0
-    finished: list[Message] | None = None
+    taken: list[Message] | None = None
+    take = functools.partial(inbox.take_unshown, mailbox, limit=take_limit)
     for _ in range(pages.READ_PAGES_MAX):
         if not active or (stored_max is not None and stored >= stored_max):
             break
@@ -75,24 +81,28 @@ async def drain(
             if page.more:
                 after_seq[i] = page.next_after_seq
                 still.append(i)
-        if fresh:
-            stored += len(await asyncio.to_thread(inbox.store_new, mailbox, fresh))
-        last = not still or (stored_max is not None and stored >= stored_max)
-        if to_ack:
-            # only now, with every copy on our disk, may the replicas delete theirs
-            acks = asyncio.gather(*(ack(links[i], mailbox, keys) for i, keys in to_ack))
-            if last:
-                finished, failed = await asyncio.gather(asyncio.to_thread(finish), acks)
+        # only after the commit that holds every copy may the replicas delete theirs
+        acks = [functools.partial(ack, links[i], mailbox, keys) for i, keys in to_ack]
+        if not still and pages_read:
+            # the end of every queue: store and take in one commit, then ack
+            new_stored, taken = await asyncio.to_thread(inbox.store_and_take, mailbox, fresh, limit=take_limit)
+            stored += len(new_stored)
+            failed = await asyncio.gather(*(a() for a in acks))
+        else:
+            if fresh:
+                stored += len(await asyncio.to_thread(inbox.store_new, mailbox, fresh))
+            if acks and stored_max is not None and stored >= stored_max:
+                taken, failed = await asyncio.gather(asyncio.to_thread(take), asyncio.gather(*(a() for a in acks)))
             else:
-                failed = await acks
-            for (i, _), failure in zip(to_ack, failed, strict=True):
-                if failure is not None:
-                    failures[i] = failure
+                failed = await asyncio.gather(*(a() for a in acks))
+        for (i, _), failure in zip(to_ack, failed, strict=True):
+            if failure is not None:
+                failures[i] = failure
         active = [i for i in still if i not in failures]
-    if finished is None:
+    if taken is None:
         # no replica answered: nothing is taken, so what an earlier read stored stays for the next one
-        finished = await asyncio.to_thread(finish) if pages_read else []
-    return Drained(pages_read, failures, more=bool(active), finished=finished)
+        taken = await asyncio.to_thread(take) if pages_read else []
+    return Drained(pages_read, failures, more=bool(active), taken=taken)
 
 
 async def _fetch(link: Link, mailbox: str, after_seq: int, page_size: int) -> wire.FetchedPage | Failure:
