@@ -20,6 +20,16 @@ served nor handed to a peer.
 
 Reads use a second connection on a reader thread; WAL lets them run while the
 writer commits.
+
+An Ack writes its tombstones and leaves the acked rows in place: the tombstone is
+what deletes (the row leaves the mailbox index and the per-mailbox state in that
+commit, and a row with a tombstone is never served, counted or handed to a peer).
+The rows themselves are swept later, many acks' at once, in a commit of their own:
+the rows of one mailbox lie scattered over the table (rows are appended in arrival
+order), so deleting them ack by ack rewrote nearly one page per acked message;
+a sweep rewrites each page once for all its acked rows. Opening the store sweeps
+what a crash left, and anything that reads every row or removes tombstones
+(scrub, purge) sweeps first.
 """
 
 from __future__ import annotations
@@ -79,6 +89,9 @@ QUEUE_OPS_MAX = 65536
 # A put of at most this many rows, arriving while the writer is idle, is committed
 # on the caller's thread (no hop to the writer and back).
 INLINE_ROWS_MAX = 1
+# Acked rows are swept once this many wait, or once the writer has been idle this long.
+SWEEP_ROWS = 4096
+SWEEP_IDLE_S = 1.0
 
 # Per-mailbox state, index into a box list: [messages, body_bytes, tombstones, digest]
 _MESSAGES, _BYTES, _TOMBS, _DIGEST = 0, 1, 2, 3
@@ -100,9 +113,9 @@ class _Op:
 class _Txn:
     """What one commit changes in the per-mailbox state and the mailbox index; memory sees it only after COMMIT."""
 
-    __slots__ = ("_committed", "added", "next_seq", "reindex", "removed", "touched")
+    __slots__ = ("_committed", "added", "deferred", "next_seq", "reindex", "removed", "swept", "touched", "unswept")
 
-    def __init__(self, committed: dict[str, list[int]], next_seq: int) -> None:
+    def __init__(self, committed: dict[str, list[int]], next_seq: int, unswept: list[int]) -> None:
         self._committed = committed
         self.touched: dict[str, list[int]] = {}
         self.next_seq = next_seq
@@ -110,6 +123,10 @@ class _Txn:
         self.added: list[tuple[str, int]] = []
         self.removed: dict[str, set[int]] = {}
         self.reindex = False
+        # acked rows left in the table for a later sweep: committed before (read only), and this commit's
+        self.unswept = unswept
+        self.deferred: list[int] = []
+        self.swept = False  # this commit deleted every row in `unswept`
 
     def replace_all(self, fresh: dict[str, list[int]]) -> None:
         """Make `fresh` the whole per-mailbox state (after rows were removed whose fields are not trusted)."""
@@ -166,11 +183,13 @@ class SqliteStore:
             migrate.upgrade(self._writer_conn)
             self._replica_id, self._rebuilding = self._load_identity(self._writer_conn)
             self._boxes, next_seq = self._load_state(self._writer_conn)
+            _sweep_at_open(self._writer_conn)
             self._index = MailboxIndex.load(self._writer_conn)
             self._reader_conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._next_seq = next_seq
+        self._unswept: list[int] = []  # seqs of committed acked rows still in the table (writer thread only)
         self._messages = sum(b[_MESSAGES] for b in self._boxes.values())
         self._mailboxes = sum(1 for b in self._boxes.values() if b[_MESSAGES])
         self._tombstones = sum(b[_TOMBS] for b in self._boxes.values())
@@ -298,7 +317,11 @@ class SqliteStore:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=SWEEP_IDLE_S if self._unswept else None)
+            except queue.Empty:
+                self._sweep()
+                continue
             if first is None:
                 break
             ops = [first]
@@ -324,10 +347,31 @@ class SqliteStore:
                     log.warning("event=store.settle_skipped reason=loop_closed ops=%d", len(outcomes))
             for _ in ops:
                 self._queue.task_done()
+            if len(self._unswept) >= SWEEP_ROWS:
+                self._sweep()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete the acked rows still in the table, in a commit of their own; on failure they wait for the next."""
+        if not self._unswept:
+            return
+        with self._commit_lock:
+            conn = self._writer_conn
+            txn = _Txn(self._boxes, self._next_seq, self._unswept)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                _sweep_now(conn, txn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                log.warning("event=store.sweep_failed error=%r rows=%d", exc, len(self._unswept))
+                return
+            self._merge(txn)
 
     def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
-        txn = _Txn(self._boxes, self._next_seq)
+        txn = _Txn(self._boxes, self._next_seq, self._unswept)
         results: list[Any] = []
         changes_before = conn.total_changes
         try:
@@ -368,6 +412,8 @@ class SqliteStore:
         """Make a committed transaction's mailbox state and index changes the current ones."""
         if txn.reindex:
             self._index.reload(self._writer_conn)
+            # rows acked in this commit after its scrub are still in the table: not in the index
+            self._index.apply((), txn.removed)
         elif txn.added or txn.removed:
             self._index.apply(txn.added, txn.removed)
         boxes = self._boxes
@@ -382,6 +428,10 @@ class SqliteStore:
             else:
                 boxes.pop(mailbox, None)
         self._next_seq = txn.next_seq
+        if txn.swept:
+            self._unswept = txn.deferred
+        else:
+            self._unswept.extend(txn.deferred)
 
     # --- operations --------------------------------------------------------
 
@@ -674,6 +724,14 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
     if not earliest:
         return 0
     keys_json = json.dumps(list(earliest))
+    kept = {
+        key
+        for (key,) in conn.execute(
+            "SELECT msg_key FROM tombstones WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
+            (mailbox, keys_json),
+        )
+    }
+    # a row whose key has a tombstone was acked before and only waits for its sweep
     queued = {
         key: (digest, size, seq)
         for key, digest, size, seq in conn.execute(
@@ -681,13 +739,7 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
             " WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
             (mailbox, keys_json),
         )
-    }
-    kept = {
-        key
-        for (key,) in conn.execute(
-            "SELECT msg_key FROM tombstones WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
-            (mailbox, keys_json),
-        )
+        if key not in kept
     }
     # an existing tombstone keeps its digest and the earliest deletion time
     conn.executemany(
@@ -697,17 +749,14 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
     )
     box = txn.box(mailbox)
     if queued:
-        deleted = conn.execute(
-            "DELETE FROM messages WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
-            (mailbox, json.dumps(list(queued))),
-        ).rowcount
-        assert deleted == len(queued), "rows read in this transaction must still be there"
+        # the rows stay until a sweep (module docstring): their tombstones delete them now
         removed = txn.removed.setdefault(mailbox, set())
         for key, (_, size, seq) in queued.items():
             box[_MESSAGES] -= 1
             box[_BYTES] -= size
             box[_DIGEST] ^= key_hash(mailbox, "m", key)
             removed.add(seq)
+            txn.deferred.append(seq)
     for key in earliest:
         if key not in kept:
             box[_TOMBS] += 1
@@ -715,7 +764,27 @@ def _tombstone(conn: sqlite3.Connection, txn: _Txn, mailbox: str, tombstones: li
     return len(queued)
 
 
+def _sweep_now(conn: sqlite3.Connection, txn: _Txn) -> None:
+    """Delete every acked row still in the table, in this transaction."""
+    seqs = [*txn.unswept, *txn.deferred]
+    if seqs:
+        conn.execute("DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(seqs),))
+    txn.deferred = []
+    txn.swept = True
+
+
+def _sweep_at_open(conn: sqlite3.Connection) -> None:
+    """Delete the rows whose key has a tombstone: acked rows a stop or crash left before their sweep."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "DELETE FROM messages WHERE seq IN (SELECT messages.seq FROM tombstones"
+            " JOIN messages ON messages.msg_key = tombstones.msg_key AND messages.mailbox = tombstones.mailbox)"
+        )
+
+
 def _purge(conn: sqlite3.Connection, txn: _Txn, deleted_before_ms: int, limit: int) -> int:
+    _sweep_now(conn, txn)  # a tombstone must not go while the row it deletes is still there
     old = conn.execute(
         "SELECT mailbox, msg_key FROM tombstones WHERE deleted_unix_ms < ? LIMIT ?", (deleted_before_ms, limit)
     ).fetchall()
@@ -815,7 +884,9 @@ def _get_queued(conn: sqlite3.Connection, mailbox: str, keys: list[str]) -> list
     found = {
         row[1]: row
         for row in conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM messages WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))",
+            f"SELECT {_ROW_COLUMNS} FROM messages WHERE mailbox = ? AND msg_key IN (SELECT value FROM json_each(?))"
+            " AND NOT EXISTS (SELECT 1 FROM tombstones WHERE tombstones.mailbox = messages.mailbox"
+            " AND tombstones.msg_key = messages.msg_key)",
             (mailbox, json.dumps(keys)),
         )
     }
@@ -837,6 +908,7 @@ def _tombstone_candidates(
 
 
 def _forget_tombstones(conn: sqlite3.Connection, txn: _Txn, items: list[tuple[str, str]]) -> int:
+    _sweep_now(conn, txn)  # a tombstone must not go while the row it deletes is still there
     forgotten = 0
     for mailbox, key in dict.fromkeys(items):
         if conn.execute("DELETE FROM tombstones WHERE mailbox = ? AND msg_key = ?", (mailbox, key)).rowcount:
@@ -848,6 +920,7 @@ def _forget_tombstones(conn: sqlite3.Connection, txn: _Txn, items: list[tuple[st
 
 
 def _scrub(conn: sqlite3.Connection, txn: _Txn, after_seq: int, limit: int, now_ms: int) -> ScrubPage:
+    _sweep_now(conn, txn)  # the state recomputed from the rows below must see only queued ones
     rows = conn.execute(
         f"SELECT mailbox, {_ROW_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
     ).fetchall()
