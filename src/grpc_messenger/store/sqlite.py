@@ -777,9 +777,10 @@ def _sweep_at_open(conn: sqlite3.Connection) -> None:
     """Delete the rows whose key has a tombstone: acked rows a stop or crash left before their sweep."""
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        # one tombstone lookup per row still queued (a drained store holds far more tombstones than rows)
         conn.execute(
-            "DELETE FROM messages WHERE seq IN (SELECT messages.seq FROM tombstones"
-            " JOIN messages ON messages.msg_key = tombstones.msg_key AND messages.mailbox = tombstones.mailbox)"
+            "DELETE FROM messages WHERE EXISTS (SELECT 1 FROM tombstones"
+            " WHERE tombstones.mailbox = messages.mailbox AND tombstones.msg_key = messages.msg_key)"
         )
 
 
