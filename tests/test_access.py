@@ -98,6 +98,10 @@ def bob_requests(bob_keys: list[str]) -> dict[str, tuple[str, Any]]:
                 ]
             ),
         ),
+        "SendBatchStream as bob": (
+            "SendBatchStream",
+            pb.SendBatchRequest(messages=[pb.SendRequest(msg="forged", self_email=BOB, dest_email=ALICE, key="k-f-2")]),
+        ),
         "Fetch bob": ("Fetch", pb.FetchRequest(self_email=BOB)),
         "Ack bob": ("Ack", pb.AckRequest(self_email=BOB, keys=bob_keys)),
         "ReceiveAll bob": ("ReceiveAll", pb.ReceiveRequest(self_email=BOB)),
@@ -109,6 +113,8 @@ def _call(stub: pb_grpc.MessengerServiceStub, rpc: str, request: Any, token: str
     method = getattr(stub, rpc)
     if rpc == "Subscribe":
         return call_code(lambda req, **kw: next(iter(method(req, **kw))), request, token=token)
+    if rpc == "SendBatchStream":
+        return call_code(lambda req, **kw: next(iter(method(iter([req]), **kw))), request, token=token)
     return call_code(method, request, token=token)
 
 
@@ -142,6 +148,30 @@ def test_nobody_but_bob_can_read_ack_receive_subscribe_or_send_as_bob(auth_repli
         assert {m.key for m in taken.messages} >= set(bob_keys[1:])
         sent = stub.Send(pb.SendRequest(id=9, msg="from bob", self_email=BOB, dest_email=ALICE), metadata=_md(bob))
         assert sent.success
+
+
+def test_a_send_stream_admits_each_batch_on_its_own(auth_replica: AuthReplica) -> None:
+    """Bob's token on one stream: his batches are stored; one sent as alice ends the call, nothing after it stored."""
+    r = auth_replica
+    tag = time.time_ns()
+
+    def batch(sender: str, n: int) -> pb.SendBatchRequest:
+        return pb.SendBatchRequest(
+            messages=[pb.SendRequest(msg=f"{n}", self_email=sender, dest_email=ALICE, key=f"k-{tag}-{n}")]
+        )
+
+    requests = [batch(BOB, 1), batch(BOB, 2), batch(ALICE, 3), batch(BOB, 4)]
+    answers: list[pb.SendBatchResponse] = []
+    with stub_for(r.replica.address) as stub:
+        before = snapshot(r.replica)
+        call = stub.SendBatchStream(iter(requests), metadata=_md(r.keys.token(BOB)), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            answers.extend(call)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ALICE in (refused.value.details() or "")
+    assert [a.results[0].outcome for a in answers] == [pb.SEND_OUTCOME_STORED] * 2
+    stored = {row[1] for row in snapshot(r.replica).messages} - {row[1] for row in before.messages}
+    assert stored == {f"k-{tag}-1", f"k-{tag}-2"}
 
 
 def _md(token: str) -> tuple[tuple[str, str], ...]:

@@ -131,6 +131,8 @@ def test_owed_deliveries_survive_a_client_restart(replica_factory: ReplicaFactor
     down.start()
     with Messenger(config(cluster.servers, client_home, outbox_interval_s=60)) as m:
         assert m.outbox_owed() == (1, 0)
+        # gRPC may still hold the refused connection for its reconnect backoff (a second at most)
+        wait_until(lambda: m.status()[1].reachable, timeout_s=15)
         assert m.flush_outbox() == 0
     assert queued(down) == {report.key}
 

@@ -3,8 +3,8 @@
     python -m grpc_messenger.bench.servers ceiling --ready-file F
     python -m grpc_messenger.bench.servers legacy --ready-file F
 
-`ceiling`: a bare grpc.aio server whose SendBatch stores nothing and answers
-STORED at once: what the coalescing client costs on this machine, the limit
+`ceiling`: a bare grpc.aio server whose SendBatch and SendBatchStream store
+nothing and answer STORED at once: what the coalescing client costs on this machine, the limit
 of the design. `legacy`: the original design, a synchronous grpc server over
 an in-memory defaultdict(list), serving the original Send and ReceiveAll.
 Both listen on 127.0.0.1 port 0 and write {"addresses": [...], "pid": ...}
@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,23 @@ from grpc_messenger.proto import messenger_pb2 as pb
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 
 
+def _all_stored(request: pb.SendBatchRequest) -> pb.SendBatchResponse:
+    return pb.SendBatchResponse(
+        results=[pb.SendResult(key=m.key, outcome=pb.SEND_OUTCOME_STORED) for m in request.messages]
+    )
+
+
 class CeilingServicer(pb_grpc.MessengerServiceServicer):
     """Answers every send as stored, without storing anything."""
 
     async def SendBatch(self, request: pb.SendBatchRequest, context: Any) -> pb.SendBatchResponse:
-        return pb.SendBatchResponse(
-            results=[pb.SendResult(key=m.key, outcome=pb.SEND_OUTCOME_STORED) for m in request.messages]
-        )
+        return _all_stored(request)
+
+    async def SendBatchStream(
+        self, request_iterator: AsyncIterator[pb.SendBatchRequest], context: Any
+    ) -> AsyncIterator[pb.SendBatchResponse]:
+        async for request in request_iterator:
+            yield _all_stored(request)
 
     async def Send(self, request: pb.SendRequest, context: Any) -> pb.SendResponse:
         return pb.SendResponse(success=True, outcome=pb.SEND_OUTCOME_STORED, key=request.key)

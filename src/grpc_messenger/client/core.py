@@ -150,7 +150,7 @@ class AsyncMessenger:
             # what is still owed or in doubt must reach the disk before we go
             await self._handoff.write_due(everything=True)
             self._handoff.outbox.close()
-        await asyncio.gather(*(link.channel.close() for link in self._links))
+        await asyncio.gather(*(link.close() for link in self._links))
         if self._inbox is not None:
             self._inbox.close()
 

@@ -6,6 +6,8 @@ Every call here has a deadline and maps gRPC failures at the call itself
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_messenger import wire
+from grpc_messenger.client.send_stream import SendStream
 from grpc_messenger.config import GRPC_MESSAGE_BYTES_MAX, ClientConfig
 from grpc_messenger.errors import Failure, MessengerError
 from grpc_messenger.grpc_errors import map_rpc_errors
@@ -21,7 +24,10 @@ from grpc_messenger.model import Message, ReplicaStatus
 from grpc_messenger.proto import messenger_pb2_grpc as pb_grpc
 from grpc_messenger.security import tls
 
+log = logging.getLogger(__name__)
+
 _SEND_BATCH_METHOD = "/messenger.MessengerService/SendBatch"
+_SEND_BATCH_STREAM_METHOD = "/messenger.MessengerService/SendBatchStream"
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
@@ -55,10 +61,31 @@ class Link:
     timeout_s: float
     metadata: tuple[tuple[str, str], ...] | None
     _send_bytes: grpc.aio.UnaryUnaryMultiCallable[bytes, wire.SendBatchResponse]
+    # None once the replica turned out not to know SendBatchStream (an older version)
+    _stream: SendStream | None
 
     async def send_bytes(self, payload: bytes) -> wire.SendBatchResponse:
-        """One SendBatch call carrying an already serialized request (grpc errors raise)."""
+        """Store one already serialized SendBatchRequest on this replica (grpc errors raise).
+
+        On the link's send stream; by a unary SendBatch call to a replica without one.
+        """
+        stream = self._stream
+        if stream is not None:
+            try:
+                return await stream.send(payload)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                log.info("event=send.stream_unsupported replica=%s using=SendBatch", self.address)
+                self._stream = None
+                await stream.close()
         return await self._send_bytes(payload, timeout=self.timeout_s, metadata=self.metadata)
+
+    async def close(self) -> None:
+        """End the send stream and close the channel (calls still in flight fail CANCELLED)."""
+        if self._stream is not None:
+            await self._stream.close()
+        await self.channel.close()
 
     async def redeliver(self, messages: Sequence[Message]) -> Failure | None:
         """Re-send owed messages; None once the replica holds them or refused them for good."""
@@ -107,6 +134,12 @@ def open_links(config: ClientConfig) -> list[Link]:
             request_serializer=_identity,
             response_deserializer=wire.SendBatchResponse.FromString,
         )
+        open_stream = channel.stream_stream(
+            _SEND_BATCH_STREAM_METHOD,
+            request_serializer=_identity,
+            response_deserializer=wire.SendBatchResponse.FromString,
+        )
+        metadata = config.call_metadata or None
         links.append(
             Link(
                 address=address,
@@ -114,8 +147,9 @@ def open_links(config: ClientConfig) -> list[Link]:
                 stub=pb_grpc.MessengerServiceStub(channel),
                 health=health_pb2_grpc.HealthStub(channel),
                 timeout_s=config.timeout_s,
-                metadata=config.call_metadata or None,
+                metadata=metadata,
                 _send_bytes=send_bytes,
+                _stream=SendStream(functools.partial(open_stream, metadata=metadata), timeout_s=config.timeout_s),
             )
         )
     return links

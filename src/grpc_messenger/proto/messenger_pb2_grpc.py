@@ -69,6 +69,11 @@ class MessengerServiceStub:
                 request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.SendBatchStream = channel.stream_stream(
+                '/messenger.MessengerService/SendBatchStream',
+                request_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchRequest.SerializeToString,
+                response_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchResponse.FromString,
+                _registered_method=True)
 
 
 class MessengerServiceServicer:
@@ -129,6 +134,16 @@ class MessengerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendBatchStream(self, request_iterator, context):
+        """SendBatch, many times on one long-lived call: one answer per request, in the
+        order of the requests. A replica stores requests that arrive together in one
+        commit. It ends the call when it stops; a batch whose answer never came is in
+        doubt, as after a failed SendBatch. Older replicas answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessengerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +181,11 @@ def add_MessengerServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.FromString,
                     response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.SerializeToString,
+            ),
+            'SendBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendBatchStream,
+                    request_deserializer=grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchRequest.FromString,
+                    response_serializer=grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +377,33 @@ class MessengerService:
             '/messenger.MessengerService/Subscribe',
             grpc__messenger_dot_proto_dot_messenger__pb2.SubscribeRequest.SerializeToString,
             grpc__messenger_dot_proto_dot_messenger__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/messenger.MessengerService/SendBatchStream',
+            grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchRequest.SerializeToString,
+            grpc__messenger_dot_proto_dot_messenger__pb2.SendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,12 @@ class MessengerServiceStub:
     empty page is a heartbeat. The replica ends the stream after a while, or if the
     client stops reading; resume with the last next_after_seq.
     """
+    SendBatchStream: _grpc.StreamStreamMultiCallable[_messenger_pb2.SendBatchRequest, _messenger_pb2.SendBatchResponse]
+    """SendBatch, many times on one long-lived call: one answer per request, in the
+    order of the requests. A replica stores requests that arrive together in one
+    commit. It ends the call when it stops; a batch whose answer never came is in
+    doubt, as after a failed SendBatch. Older replicas answer UNIMPLEMENTED.
+    """
 
 @_typing.type_check_only
 class MessengerServiceAsyncStub(MessengerServiceStub):
@@ -88,6 +94,12 @@ class MessengerServiceAsyncStub(MessengerServiceStub):
     the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
     empty page is a heartbeat. The replica ends the stream after a while, or if the
     client stops reading; resume with the last next_after_seq.
+    """
+    SendBatchStream: _aio.StreamStreamMultiCallable[_messenger_pb2.SendBatchRequest, _messenger_pb2.SendBatchResponse]  # type: ignore[assignment]
+    """SendBatch, many times on one long-lived call: one answer per request, in the
+    order of the requests. A replica stores requests that arrive together in one
+    commit. It ends the call when it stops; a batch whose answer never came is in
+    doubt, as after a failed SendBatch. Older replicas answer UNIMPLEMENTED.
     """
 
 class MessengerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +167,18 @@ class MessengerServiceServicer(metaclass=_abc_1.ABCMeta):
         the mailbox as it arrives on this replica. Non-destructive (ack with Ack). An
         empty page is a heartbeat. The replica ends the stream after a while, or if the
         client stops reading; resume with the last next_after_seq.
+        """
+
+    @_abc_1.abstractmethod
+    def SendBatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messenger_pb2.SendBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messenger_pb2.SendBatchResponse], _abc.AsyncIterator[_messenger_pb2.SendBatchResponse]]:
+        """SendBatch, many times on one long-lived call: one answer per request, in the
+        order of the requests. A replica stores requests that arrive together in one
+        commit. It ends the call when it stops; a batch whose answer never came is in
+        doubt, as after a failed SendBatch. Older replicas answer UNIMPLEMENTED.
         """
 
 def add_MessengerServiceServicer_to_server(servicer: MessengerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -73,6 +73,8 @@ PEER = frozenset({Role.PEER})  # replica-to-replica RPCs (repair)
 RULES: dict[str, Rule] = {
     SERVICE + "Send": Rule(USER, owned=_sender, send_cost=lambda r: 1),
     SERVICE + "SendBatch": Rule(USER, owned=_senders, send_cost=lambda r: len(r.messages)),
+    # checked for each request of the call (see _wrap)
+    SERVICE + "SendBatchStream": Rule(USER, owned=_senders, send_cost=lambda r: len(r.messages)),
     SERVICE + "Fetch": Rule(USER, owned=_mailbox),
     SERVICE + "Ack": Rule(USER, owned=_mailbox),
     SERVICE + "ReceiveAll": Rule(USER, owned=_mailbox),
@@ -108,12 +110,32 @@ def _client_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return context.peer().rpartition(":")[0]
 
 
-async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str, error: MessengerError) -> None:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request may not proceed: the status its call ends with."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(self.code, self.details, trailing_metadata=self.trailing_metadata)
+
+
+class StreamRequestRefused(Exception):
+    """A request on a stream was refused: its call ends with the refusal, after the answers owed before it."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.details)
+        self.refusal = refusal
+
+
+def _refuse(method: str, error: MessengerError) -> Refusal:
     log.info("event=auth.refused method=%s code=%s", method.rpartition("/")[2], error.code.name)
-    await context.abort(to_grpc(error.code), str(error))
+    return Refusal(to_grpc(error.code), str(error))
 
 
-async def _refuse_rate(context: grpc.aio.ServicerContext[Any, Any], method: str, wait_ms: int, rate: float) -> None:
+def _refuse_rate(method: str, wait_ms: int, rate: float) -> Refusal:
     message = f"send rate limit of {rate:g} messages/s for this identity reached; retry in {wait_ms} ms"
     status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
     delay = duration_pb2.Duration(seconds=wait_ms // 1000, nanos=(wait_ms % 1000) * 1_000_000)
@@ -121,7 +143,7 @@ async def _refuse_rate(context: grpc.aio.ServicerContext[Any, Any], method: str,
     status.details.add().Pack(info)
     details = rpc_status.to_status(status)
     log.info("event=limit.rate method=%s wait_ms=%d", method.rpartition("/")[2], wait_ms)
-    await context.abort(
+    return Refusal(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         message,
         trailing_metadata=(*details.trailing_metadata, (RETRY_AFTER_KEY, str(wait_ms))),
@@ -163,32 +185,30 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(
         self, method: str, rule: Rule | None, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        """Return if the call may proceed; otherwise abort it with the right status."""
+    ) -> Refusal | None:
+        """None if the request may proceed; otherwise why not."""
         identity = None
         if self._verifier is not None:
             try:
                 identity = self._verifier.verify(bearer_token(context.invocation_metadata() or ()))
             except Unauthenticated as exc:
-                await _refuse(context, method, exc)
-                return
+                return _refuse(method, exc)
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not decode: {request.reason}")
-            return
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request does not decode: {request.reason}")
         if identity is not None:
             try:
                 check_access(rule, identity, request)
             except PermissionDenied as exc:
-                await _refuse(context, method, exc)
-                return
+                return _refuse(method, exc)
         if self._limiter is not None and rule is not None and rule.send_cost is not None and request is not None:
             identity_key = f"{identity.role.value}:{identity.subject}" if identity else _client_host(context)
             wait_ms = self._limiter.check(identity_key, rule.send_cost(request))
             if wait_ms:
-                await _refuse_rate(context, method, wait_ms, self._limiter.rate_per_s)
+                return _refuse_rate(method, wait_ms, self._limiter.rate_per_s)
+        return None
 
 
-Admit = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+Admit = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Refusal | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,13 +233,25 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return tolerant
 
 
+async def _admitted(admit: Admit, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Return if the request may proceed; otherwise end its call with the refusal."""
+    refusal = await admit(request, context)
+    if refusal is not None:
+        await refusal.abort(context)
+
+
 def _wrap(handler: Any, admit: Admit) -> Any:
-    """The same handler, with `admit` run first (request-streaming calls are admitted without a request)."""
+    """The same handler, with `admit` run first.
+
+    A client-streaming call that answers once is admitted without a request; one
+    that answers as it goes (SendBatchStream) has each request admitted before
+    its handler sees it, so a token acts on a stream exactly as on unary calls.
+    """
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await admit(request, context)
+            await _admitted(admit, request, context)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -229,7 +261,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
         inner_uw = handler.unary_stream
 
         async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await admit(request, context)
+            await _admitted(admit, request, context)
             await inner_uw(request, context)
 
         return grpc.unary_stream_rpc_method_handler(
@@ -239,7 +271,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            await admit(request, context)
+            await _admitted(admit, request, context)
             async for item in inner_us(request, context):
                 yield item
 
@@ -250,7 +282,7 @@ def _wrap(handler: Any, admit: Admit) -> Any:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await admit(None, context)
+            await _admitted(admit, None, context)
             return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -259,10 +291,19 @@ def _wrap(handler: Any, admit: Admit) -> Any:
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        await admit(None, context)
-        async for item in inner_ss(requests, context):
-            yield item
+        async def admitted() -> AsyncIterator[Any]:
+            async for request in requests:
+                refusal = await admit(request, context)
+                if refusal is not None:
+                    raise StreamRequestRefused(refusal)  # the handler answers what came before, then ends
+                yield request
+
+        try:
+            async for item in inner_ss(admitted(), context):
+                yield item
+        except StreamRequestRefused as refused:
+            await refused.refusal.abort(context)
 
     return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
+        stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer
     )

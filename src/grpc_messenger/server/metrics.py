@@ -142,7 +142,7 @@ class ReplicaMetrics:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary RPC; streams pass through untouched."""
+    """Counts and times every unary RPC; counts each SendBatchStream call (by how it ended); other streams pass."""
 
     def __init__(self, metrics: ReplicaMetrics) -> None:
         self._metrics = metrics
@@ -158,26 +158,50 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner: Any = handler.unary_unary  # an async callable under grpc.aio
         metrics = self._metrics
         # label children looked up once per method (and per status code), not per call
-        seconds = metrics.rpc_seconds.labels(method)
         counted: dict[str, Any] = {}
+
+        def count(context: Any) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            counter = counted.get(name)
+            if counter is None:
+                counter = counted[name] = metrics.rpcs.labels(method, name)
+            counter.inc()
+
+        if handler.stream_stream is not None:
+            # the send stream lives as long as its client: counted when it ends, not timed
+            inner_stream: Any = handler.stream_stream
+
+            async def measured_stream(requests: Any, context: Any) -> Any:
+                try:
+                    async for answer in inner_stream(requests, context):
+                        yield answer
+                finally:
+                    count(context)
+
+            wrapped_stream = grpc.stream_stream_rpc_method_handler(
+                measured_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            self._measured[handler_call_details.method] = wrapped_stream
+            return wrapped_stream
+        if handler.unary_unary is None:
+            return handler
+        inner: Any = handler.unary_unary  # an async callable under grpc.aio
+        seconds = metrics.rpc_seconds.labels(method)
 
         async def measured(request: Any, context: Any) -> Any:
             started = time.perf_counter()
             try:
                 return await inner(request, context)
             finally:
-                code = context.code() if hasattr(context, "code") else None
-                name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-                counter = counted.get(name)
-                if counter is None:
-                    counter = counted[name] = metrics.rpcs.labels(method, name)
-                counter.inc()
+                count(context)
                 seconds.observe(time.perf_counter() - started)
 
         wrapped = grpc.unary_unary_rpc_method_handler(

@@ -139,7 +139,7 @@ class Replica:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        servicer = MessengerServicer(self.store, config, self.metrics)
+        servicer = self._servicer = MessengerServicer(self.store, config, self.metrics)
         add_to_server(servicer, self._server, "MessengerService")
         add_to_server(ReplicaServicer(self.store), self._server, "ReplicaService")
         self._housekeeper: asyncio.Task[None] | None = None
@@ -277,6 +277,7 @@ class Replica:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.gather(self._housekeeper, return_exceptions=True)
+        self._servicer.end_send_streams()  # long-lived: they would otherwise hold the stop for its whole grace
         await self._server.stop(self.config.grace_s)
         self.metrics.close()
         await self.store.close()

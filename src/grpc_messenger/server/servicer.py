@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -41,6 +41,10 @@ from grpc_messenger.store.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# Batches of one SendBatchStream call stored at once; beyond, the replica reads no
+# more of the call (flow control holds the client back).
+STREAM_BATCHES_IN_FLIGHT = 16
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -97,6 +101,8 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         self._config = config
         self._metrics = metrics
         self.signals = MailboxSignals(subscribe or SubscribeLimits())
+        self._send_streams: set[asyncio.Task[None]] = set()  # the request readers of open SendBatchStream calls
+        self._send_streams_ended = False
         self._addresses = wire.AddressCache()
         # label children looked up once: counting is per batch and outcome, not per message
         self._counters = (
@@ -143,6 +149,62 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
 
     @guarded
     async def SendBatch(self, request: pb.SendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await self._store_batch(request)
+
+    async def SendBatchStream(
+        self, requests: AsyncIterator[pb.SendBatchRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:  # serialized answers (bytes): see add_to_server
+        """SendBatch for each request of one long-lived call, answered in order.
+
+        Batches are stored concurrently (those that arrive together share a
+        commit) and answered in the order they came. A batch that fails as a
+        whole ends the call with its status, after the answers of the batches
+        before it; so does a refused request (see server.auth). When the replica
+        stops, the call ends once every batch it read is answered.
+        """
+        if self._send_streams_ended:
+            return  # the replica is stopping: no answer, so the client keeps its batches in doubt
+        answers: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_BATCHES_IN_FLIGHT)
+        reader = asyncio.create_task(self._read_batches(requests, answers))
+        self._send_streams.add(reader)
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+            await asyncio.wait({reader})  # it put the end mark: let it finish, to learn why it ended
+        except MessengerError as exc:
+            await context.abort(to_grpc(exc.code), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("event=rpc.internal_error method=SendBatchStream")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in replica; see its log")
+        finally:
+            self._send_streams.discard(reader)
+            reader.cancel()
+            while not answers.empty():  # batches never answered (the call ended): still stored, nobody waits
+                left = answers.get_nowait()
+                if left is not None:
+                    left.add_done_callback(_forget_outcome)
+        if not reader.cancelled():  # cancelled: the replica is stopping, an ordinary end
+            # what ended the requests (a refusal by the guard, a broken call) ends the call, unchanged
+            reader.result()
+
+    async def _read_batches(
+        self, requests: AsyncIterator[pb.SendBatchRequest], answers: asyncio.Queue[asyncio.Task[bytes] | None]
+    ) -> None:
+        try:
+            async for request in requests:
+                await answers.put(asyncio.create_task(self._store_batch(request)))
+        finally:
+            await answers.put(None)
+
+    def end_send_streams(self) -> None:
+        """Read no more batches on open SendBatchStream calls; each ends once its batches are answered."""
+        self._send_streams_ended = True
+        for reader in self._send_streams:
+            reader.cancel()
+
+    async def _store_batch(self, request: pb.SendBatchRequest) -> bytes:
         items = request.messages
         request.DiscardUnknownFields()  # stored bytes hold the known fields only: quotas count what is kept
         if len(items) > self._config.batch_messages_max:
@@ -278,6 +340,19 @@ class MessengerServicer(pb_grpc.MessengerServiceServicer):
         )
 
 
+def _forget_outcome(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: its caller is gone, the store already logged any failure
+
+
+_HANDLER_MAKERS: dict[tuple[bool, bool], Callable[..., Any]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def add_to_server(servicer: Any, server: grpc.aio.Server, service_name: str) -> None:
     """Register a servicer's methods like the generated add_*_to_server, answering bytes as they are.
 
@@ -288,7 +363,7 @@ def add_to_server(servicer: Any, server: grpc.aio.Server, service_name: str) -> 
     handlers = {}
     for method in service.methods:
         deserializer = getattr(pb, method.input_type.name).FromString
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        make = _HANDLER_MAKERS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=deserializer,
