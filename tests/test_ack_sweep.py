@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,5 +161,44 @@ def test_an_idle_writer_sweeps_the_acked_rows(tmp_path: Path, monkeypatch: pytes
             assert rows_in_table() == len(keys) - 10
         finally:
             await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=CALL_TIMEOUT_S))
+
+
+def test_a_failed_sweep_leaves_the_rows_unseen_and_is_retried_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "SWEEP_IDLE_S", 0.02)
+    monkeypatch.setattr(sqlite_store, "SWEEP_RETRY_S", 0.5)
+    real_sweep = sqlite_store._sweep_now
+    attempts: list[float] = []
+
+    def full_disk_once(conn: sqlite3.Connection, txn: Any) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_sweep(conn, txn)
+
+    monkeypatch.setattr(sqlite_store, "_sweep_now", full_disk_once)
+    path = tmp_path / "s.sqlite3"
+    keys = [f"retry-{i:02d}" for i in range(6)]
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        try:
+            await store.put_many([_message(BOXES[0], key) for key in keys])
+            assert await store.ack(BOXES[0], keys[:4]) == 4
+            for _ in range(300):  # bounded: the retry comes 0.5 s after the failure
+                if len(attempts) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            page = await store.fetch(BOXES[0], after_seq=0, limit=100, bytes_max=10**6)
+            assert [m.key for m in page.messages] == keys[4:]  # never served, failed sweep or not
+        finally:
+            await store.close()
+        assert len(attempts) == 2  # one failure, one retry: not one try per idle wake-up
+        assert attempts[1] - attempts[0] >= 0.5
+        with sqlite3.connect(path) as conn:
+            assert int(conn.execute("SELECT count(*) FROM messages").fetchone()[0]) == 2
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=CALL_TIMEOUT_S))

@@ -93,6 +93,8 @@ INLINE_ROWS_MAX = 1
 # (under load it never is that long: batches stay large; when load stops, the rows go soon).
 SWEEP_ROWS = 4096
 SWEEP_IDLE_S = 0.1
+# After a sweep failed (a full disk), the next is tried no sooner than this.
+SWEEP_RETRY_S = 5.0
 
 # Per-mailbox state, index into a box list: [messages, body_bytes, tombstones, digest]
 _MESSAGES, _BYTES, _TOMBS, _DIGEST = 0, 1, 2, 3
@@ -191,6 +193,7 @@ class SqliteStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._next_seq = next_seq
         self._unswept: list[int] = []  # seqs of committed acked rows still in the table (writer thread only)
+        self._sweep_after = 0.0  # time.monotonic() before which no sweep is tried (after a failure)
         self._messages = sum(b[_MESSAGES] for b in self._boxes.values())
         self._mailboxes = sum(1 for b in self._boxes.values() if b[_MESSAGES])
         self._tombstones = sum(b[_TOMBS] for b in self._boxes.values())
@@ -354,7 +357,7 @@ class SqliteStore:
 
     def _sweep(self) -> None:
         """Delete the acked rows still in the table, in a commit of their own; on failure they wait for the next."""
-        if not self._unswept:
+        if not self._unswept or time.monotonic() < self._sweep_after:
             return
         with self._commit_lock:
             conn = self._writer_conn
@@ -367,6 +370,7 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 log.warning("event=store.sweep_failed error=%r rows=%d", exc, len(self._unswept))
+                self._sweep_after = time.monotonic() + SWEEP_RETRY_S
                 return
             self._merge(txn)
 
