@@ -82,10 +82,10 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def replica_serving(path: Path, *, stream: bool) -> AsyncIterator[Served]:
+async def replica_serving(path: Path, *, stream: bool, config: ServerConfig | None = None) -> AsyncIterator[Served]:
     """The real servicer on a real store, serving SendBatchStream, or (an older version) SendBatch only."""
     store = SqliteStore(path)
-    servicer = MessengerServicer(store, ServerConfig())
+    servicer = MessengerServicer(store, config or ServerConfig())
     decode, encode = pb.SendBatchRequest.FromString, wire.serialize_reply
     handlers = (
         {"SendBatchStream": grpc.stream_stream_rpc_method_handler(servicer.SendBatchStream, decode, encode)}
@@ -138,6 +138,33 @@ def test_concurrent_batches_on_one_stream_get_their_own_answers(tmp_path: Path) 
                 assert stored_outcomes(answer) == [pb.SEND_OUTCOME_STORED] * len(messages)
             assert served.counter.calls == {"SendBatchStream": 1}
             assert (await served.store.counts()).messages == sum(len(m) for m in sent)
+
+    run_bounded(scenario())
+
+
+def test_a_batch_refused_whole_ends_the_stream_and_the_batches_behind_it_stay_retryable(tmp_path: Path) -> None:
+    """The refusal is the refused batch's alone: a batch behind it is in doubt (UNAVAILABLE), not refused."""
+
+    async def scenario() -> None:
+        config = ServerConfig(batch_messages_max=5)
+        async with replica_serving(tmp_path / "s.sqlite3", stream=True, config=config) as served:
+            fine, too_big, behind = batch(2), batch(6), batch(3)
+            answers = await asyncio.gather(
+                *(served.link.send_bytes(wire.batch_payload(m)) for m in (fine, too_big, behind)),
+                return_exceptions=True,
+            )
+            first, refused, unanswered = answers
+            assert isinstance(first, wire.SendBatchResponse)
+            assert stored_outcomes(first) == [pb.SEND_OUTCOME_STORED] * 2
+            assert isinstance(refused, grpc.aio.AioRpcError)
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert isinstance(unanswered, grpc.aio.AioRpcError)
+            assert unanswered.code() == grpc.StatusCode.UNAVAILABLE
+            # sent again, on a new stream, it is stored (or was already, if the replica read it)
+            again = await served.link.send_bytes(wire.batch_payload(behind))
+            assert set(stored_outcomes(again)) <= {pb.SEND_OUTCOME_STORED, pb.SEND_OUTCOME_ALREADY_STORED}
+            assert served.counter.calls == {"SendBatchStream": 2}
+            assert (await served.store.counts()).messages == 5
 
     run_bounded(scenario())
 

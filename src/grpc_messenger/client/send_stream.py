@@ -30,6 +30,10 @@ def _status(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+def _unanswered() -> grpc.aio.AioRpcError:
+    return _status(grpc.StatusCode.UNAVAILABLE, "the send stream ended before this batch was answered")
+
+
 def _retrieve(future: asyncio.Future[wire.SendBatchResponse]) -> None:
     if not future.cancelled():
         future.exception()
@@ -59,14 +63,24 @@ class _Call:
         except asyncio.CancelledError:
             self._fail(_status(grpc.StatusCode.CANCELLED, "send stream closed"))
             raise
+        except Exception as exc:  # an answer that does not decode, say: never leave batches waiting
+            log.warning("event=send.stream_failed error=%r", exc)
+            self._fail(_status(grpc.StatusCode.INTERNAL, f"send stream failed: {exc}"))
 
     def _fail(self, failure: grpc.aio.AioRpcError) -> None:
         if self.failure is None:
             self.failure = failure
+        # The replica answers in order and ends the call right after a batch that failed
+        # as a whole: the oldest batch waiting is the one the status is about. Those
+        # behind it were never read (or never answered): in doubt, retryable, whatever
+        # refused the first. An older replica refuses them all alike (UNIMPLEMENTED).
+        alike = self.failure.code() == grpc.StatusCode.UNIMPLEMENTED
+        first = True
         while self.waiting:
             owed = self.waiting.popleft()
             if not owed.done():
-                owed.set_exception(self.failed())
+                owed.set_exception(self.failed() if first or alike else _unanswered())
+            first = False
         self.call.cancel()
 
     def failed(self) -> grpc.aio.AioRpcError:
