@@ -4,10 +4,12 @@ A unary call costs gRPC's Python stack a few hundred microseconds of CPU on
 each side whatever it carries; a message on an open stream about half as much.
 Batches are written in order and answered in order. Each waits at most the
 call timeout for its answer, as a unary call would; a stream that lets one
-batch wait that long is abandoned (every batch still waiting on it fails with
-DEADLINE_EXCEEDED) and the next batch opens a new stream. A failed or ended
-stream fails the batches waiting on it with its status: they are in doubt,
-exactly as after a failed unary SendBatch, and the fan-out treats them so.
+batch wait that long is abandoned (that batch fails with DEADLINE_EXCEEDED)
+and the next batch opens a new stream. A failed or ended
+stream fails the oldest batch waiting on it with its status (the replica ends
+the call right after a batch it refused whole) and those behind it as
+UNAVAILABLE: they are in doubt, exactly as after a failed unary SendBatch, and
+the fan-out treats them so.
 """
 
 from __future__ import annotations
