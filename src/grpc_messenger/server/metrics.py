@@ -10,7 +10,7 @@ never waits on the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -175,39 +175,45 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         if handler.stream_stream is not None:
             # the send stream lives as long as its client: counted when it ends, not timed
-            inner_stream: Any = handler.stream_stream
-
-            async def measured_stream(requests: Any, context: Any) -> Any:
-                try:
-                    async for answer in inner_stream(requests, context):
-                        yield answer
-                finally:
-                    count(context)
-
-            wrapped_stream = grpc.stream_stream_rpc_method_handler(
-                measured_stream,
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                _counted_stream(handler.stream_stream, count),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-            self._measured[handler_call_details.method] = wrapped_stream
-            return wrapped_stream
-        if handler.unary_unary is None:
+        elif handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                _timed(handler.unary_unary, count, metrics.rpc_seconds.labels(method)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
             return handler
-        inner: Any = handler.unary_unary  # an async callable under grpc.aio
-        seconds = metrics.rpc_seconds.labels(method)
-
-        async def measured(request: Any, context: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await inner(request, context)
-            finally:
-                count(context)
-                seconds.observe(time.perf_counter() - started)
-
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
         self._measured[handler_call_details.method] = wrapped
         return wrapped
+
+
+def _timed(inner: Any, count: Callable[[Any], None], seconds: Any) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A unary handler (an async callable under grpc.aio) counted by status and timed."""
+
+    async def measured(request: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await inner(request, context)
+        finally:
+            count(context)
+            seconds.observe(time.perf_counter() - started)
+
+    return measured
+
+
+def _counted_stream(inner: Any, count: Callable[[Any], None]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A stream-stream handler counted by how the call ended."""
+
+    async def measured_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for answer in inner(requests, context):
+                yield answer
+        finally:
+            count(context)
+
+    return measured_stream

@@ -59,10 +59,6 @@ class MailboxIndex:
             column = self._seqs.get(mailbox)
             return column.tolist() if column is not None else []
 
-    def rows(self) -> int:
-        with self._lock:
-            return sum(len(column) for column in self._seqs.values())
-
     def apply(self, added: Iterable[tuple[str, int]], removed: dict[str, set[int]]) -> None:
         """A committed transaction's changes: rows added (in seq order) and rows removed, per mailbox."""
         with self._lock:

@@ -852,7 +852,7 @@ def _fetch(
     page: list[bytes] = []
     last = after_seq
     size = 0
-    for row in rows[:limit]:
+    for row in rows:
         size += len(row[4])
         if page and size > bytes_max:
             more = True
